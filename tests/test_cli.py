@@ -1,0 +1,90 @@
+"""The CLI as a user meets it, on the real embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def archon(*args: str, cwd: Path = REPO, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archon", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_validate_and_show():
+    ok = archon("validate", "configs/quickstart.yaml")
+    assert ok.returncode == 0 and "4 nodes" in ok.stdout
+    text = archon("show", "configs/ensemble_dag.yaml")
+    assert "fuse [fuse]  <- sample_a, critique_b" in text.stdout
+    mermaid = archon("show", "configs/quickstart.yaml", "--format", "mermaid")
+    assert "sample --> critique" in mermaid.stdout
+
+
+def test_broken_config_gives_a_precise_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  - id: s\n    technique: generate\n    sampels: 3\n")
+    res = archon("validate", str(bad))
+    assert res.returncode == 2
+    assert f"{bad}:4" in res.stderr and "nodes[0].sampels" in res.stderr and "samples" in res.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_answers_with_usage_per_node(tmp_path):
+    res = archon("run", "configs/quickstart.yaml", "--input", "What is 17 + 25?", "--json",
+                 "--cache", str(tmp_path / "c.sqlite"))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["answer"].strip()
+    assert set(data["usage_by_node"]) == {"sample", "critique", "rank", "fuse"}
+    for usage in data["usage_by_node"].values():
+        assert usage["completion_tokens"] > 0 and usage["calls"] >= 1
+    assert [t["node"] for t in data["trace"]] == ["sample", "critique", "rank", "fuse"]
+    assert data["usage"]["total_tokens"] <= 6000  # the config's budget
+
+
+@pytest.mark.slow
+def test_killed_batch_run_resumes_without_loss_or_repeats(tmp_path):
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("defaults: {max_tokens: 12, temperature: 0.0}\nnodes:\n  - {technique: generate}\n")
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"id": f"q{i}", "question": f"{i}+{i}="}) + "\n" for i in range(12)))
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "archon", "run", str(pipe), "--input-file", str(queries), "--output", str(out),
+           "--batch-size", "2", "--no-cache"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if out.exists() and len(out.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = out.read_text().splitlines()
+    assert 4 <= len(before) < 12
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert f"resuming: {len(before)} of 12" in res.stderr
+    after = out.read_text().splitlines()
+    assert after[: len(before)] == before  # finished rows untouched
+    ids = [json.loads(line)["id"] for line in after]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(12)) and len(ids) == 12
+
+
+def test_unreachable_server_error_is_clear(tmp_path):
+    cfg = tmp_path / "remote.yaml"
+    cfg.write_text("models:\n  remote: {backend: openai, base_url: 'http://127.0.0.1:9/v1', max_retries: 1}\n"
+                   "defaults: {model: remote}\nnodes:\n  - {technique: generate}\n")
+    env = {**os.environ, "OPENAI_API_KEY": "sk-secret-should-not-leak"}
+    res = archon("run", str(cfg), "--input", "hi", "--no-cache", env=env, timeout=120)
+    assert res.returncode == 3
+    assert "127.0.0.1:9" in res.stderr and "remote" in res.stderr
+    assert "sk-secret" not in res.stderr + res.stdout
