@@ -1,0 +1,23 @@
+"""Scoring final answers and running code: what tells a candidate is right.
+
+``answers`` (extraction and normalisation, used by voting; never sees gold), ``math_grader``
+(math-verify equivalence against gold), ``sandbox`` (run Python and unit tests, pass@k).
+Importing this package is cheap: math-verify and sympy load on the first grade.
+"""
+
+from archon.verifiers.answers import extract_final_answer, normalize_answer
+from archon.verifiers.math_grader import GRADER_VERSION, MathGrade, grade_math
+from archon.verifiers.sandbox import SandboxResult, TestOutcome, pass_at_k, run_python, run_tests
+
+__all__ = [
+    "GRADER_VERSION",
+    "MathGrade",
+    "SandboxResult",
+    "TestOutcome",
+    "extract_final_answer",
+    "grade_math",
+    "normalize_answer",
+    "pass_at_k",
+    "run_python",
+    "run_tests",
+]
