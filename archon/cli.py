@@ -18,6 +18,10 @@ app = typer.Typer(help="archon: inference-time scaling pipelines.", no_args_is_h
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+from archon.commands.import_archon import import_archon_command  # noqa: E402
+
+app.command("import-archon")(import_archon_command)
 err = Console(stderr=True)
 out = Console()
 

@@ -223,15 +223,24 @@ def build_graph(config: PipelineConfig, *, file: str | None = None, root: yaml.N
 
 
 def _override_models(technique: Technique, model: str) -> Technique:
-    """``--model NAME``: every call of every node goes to one model."""
+    """``--model NAME``: every call of every node goes to one model.
+
+    Model-valued fields are found by name (``model``, ``*_model``, ``drafter``, ``judge``,
+    ``models``, ``fusers``) and inside scorer specs (a mapping with a ``model`` key), so a
+    technique added later is covered without editing this function.
+    """
     updates: dict[str, Any] = {}
-    fields = type(technique.params).model_fields
-    if "model" in fields:
-        updates["model"] = model
-    for list_field in ("models", "fusers"):
-        if list_field in fields and getattr(technique.params, list_field):
-            updates[list_field] = [model] * len(getattr(technique.params, list_field))
-    for scalar in ("drafter", "judge", "verifier_model"):
-        if scalar in fields and getattr(technique.params, scalar):
-            updates[scalar] = model
+    for name in type(technique.params).model_fields:
+        value = getattr(technique.params, name)
+        if value is None:
+            continue
+        if name in ("model", "drafter", "judge") or name.endswith("_model"):
+            if isinstance(value, str):
+                updates[name] = model
+        elif name in ("models", "fusers") and isinstance(value, list):
+            updates[name] = [model] * len(value)
+        elif isinstance(value, dict) and "model" in value:
+            updates[name] = {**value, "model": model}
+        elif isinstance(value, BaseModel) and "model" in type(value).model_fields and getattr(value, "model"):
+            updates[name] = value.model_copy(update={"model": model})
     return type(technique)(technique.params.model_copy(update=updates))

@@ -11,7 +11,7 @@ from typing import Any
 from archon.backends.cache import CallCache
 from archon.backends.registry import ModelRegistry, ModelSpec
 from archon.backends.router import ModelRouter
-from archon.config import PipelineConfig, build_graph, load_yaml, parse_config
+from archon.config import PipelineConfig, build_graph
 from archon.data import ChatMessage, Query, QueryResult
 from archon.engine.budget import Budget
 from archon.engine.executor import Executor
@@ -91,8 +91,9 @@ class Pipeline:
     @classmethod
     def from_yaml(cls, path: str | Path, *, model: str | None = None, **kwargs: Any) -> Pipeline:
         """Load and validate a YAML (or Archon JSON) config; nothing is called yet."""
-        data, root = load_yaml(path)
-        config = parse_config(data, file=str(path), root=root)
+        from archon.importers import read_pipeline_config
+
+        config, root = read_pipeline_config(path)  # .yaml as is; Archon .json converted on the fly
         return cls.from_config(config, source=str(path), root=root, model=model, **kwargs)
 
     @property
