@@ -241,6 +241,6 @@ def _override_models(technique: Technique, model: str) -> Technique:
             updates[name] = [model] * len(value)
         elif isinstance(value, dict) and "model" in value:
             updates[name] = {**value, "model": model}
-        elif isinstance(value, BaseModel) and "model" in type(value).model_fields and getattr(value, "model"):
+        elif isinstance(value, BaseModel) and "model" in type(value).model_fields and value.model:  # type: ignore[attr-defined]
             updates[name] = value.model_copy(update={"model": model})
     return type(technique)(technique.params.model_copy(update=updates))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from archon.verifiers import SandboxResult, pass_at_k, run_python, run_tests
 from archon.verifiers.sandbox import MEMORY_EXIT_CODE
 

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
 import pytest
+
 from archon.verifiers import GRADER_VERSION, MathGrade, _symbolic, extract_final_answer, grade_math, normalize_answer
 from archon.verifiers.math_grader import _pool, gold_answer
 

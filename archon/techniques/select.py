@@ -10,7 +10,8 @@ from archon.data import Candidate
 from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams
 from archon.techniques.vote import tally
 
-PREFERRED_SCORES = ("reward", "judge", "tests_passed", "criteria", "verified", "rank_score", "votes", "mean_logprob")
+PREFERRED_SCORES = ("reward", "judge", "grm", "pairwise", "tests_passed", "nl_tests_passed", "criteria", "verified",
+                    "rank_score", "votes", "logprob", "mean_logprob")
 
 
 class SelectParams(TechniqueParams):
