@@ -19,9 +19,6 @@ app = typer.Typer(help="archon: inference-time scaling pipelines.", no_args_is_h
 models_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-from archon.commands.import_archon import import_archon_command  # noqa: E402
-
-app.command("import-archon")(import_archon_command)
 err = Console(stderr=True)
 out = Console()
 
@@ -201,6 +198,17 @@ def models_convert(
     except ArchonError as exc:
         raise _fail(exc) from None
     out.print(f"[green]wrote[/] {path}")
+
+
+from archon.commands.evaluate import eval_command  # noqa: E402
+from archon.commands.import_archon import import_archon_command  # noqa: E402
+from archon.commands.leaderboard import leaderboard_command  # noqa: E402
+from archon.commands.search import search_command  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("leaderboard")(leaderboard_command)
+app.command("search")(search_command)
+app.command("import-archon")(import_archon_command)
 
 
 def main() -> None:  # pragma: no cover
