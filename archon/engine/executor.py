@@ -91,6 +91,8 @@ class Executor:
     def _advance(self, task: _Task, results: list[ModelResult] | None, state: _QueryState) -> None:
         try:
             task.pending = list(task.program.send(results))  # type: ignore[arg-type]
+            while not task.pending:  # a round with no requests needs no backend: answer at once
+                task.pending = list(task.program.send([]))
         except StopIteration as stop:
             task.done = True
             task.pending = []

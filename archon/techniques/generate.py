@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import Field
 
 from archon import prompts
@@ -33,11 +35,16 @@ class Generate(Technique):
         history = [Message(m.role, m.content) for m in query.messages] if query.messages else None  # type: ignore[arg-type]
         user = "" if history else prompts.render("generate.j2", self.params.prompt_template,
                                                   question=query.question_text())
+        stop = [*self.params.stop, *query.metadata.get("stop", [])]
         requests = [
-            self.request(ctx, user, model=m, n=self.params.samples, stop=self.params.stop,
+            self.request(ctx, user, model=m, n=self.params.samples, stop=stop,
                          logprobs=self.params.logprobs, history=history)
             for m in self.models(ctx.defaults)
         ]
+        if query.metadata.get("format") == "completion" and query.prompt is not None:
+            # Few-shot completion tasks (a base model continuing "a+b=") are sent as raw
+            # text: wrapping them in a chat turn takes base models from 17/30 to 1/30.
+            requests = [replace(r, messages=None, prompt=query.prompt) for r in requests]
         results = yield list(requests)
         out: list[Candidate] = []
         for req, res in zip(requests, results, strict=True):
