@@ -34,6 +34,18 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Short strings with newlines (stop strings) as "\\n" rather than folded blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = '"' if "\n" in data and len(data) <= 40 else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def pipeline_yaml(trial: FrozenTrial, name: str, n_dev: int, note: str = "") -> str:
     config = dict(trial.user_attrs["config"])
     config["name"] = name
@@ -43,7 +55,7 @@ def pipeline_yaml(trial: FrozenTrial, name: str, n_dev: int, note: str = "") -> 
                              f"questions, {cost.get('tokens', 0):,.0f} tokens/query, "
                              f"{cost.get('calls', 0):.1f} calls/query")
     header = f"# {trial.user_attrs.get('label', '')}\n" + (f"# {note}\n" if note else "")
-    return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    return header + yaml.dump(config, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:

@@ -371,3 +371,21 @@ def test_benchmark_bridge_grades_like_archon_eval_and_writes_the_winner_run(tmp_
     assert result["questions"] == 2 and result["accuracy"] == 1.0
     summary = load_summary(tmp_path / "winner")  # what `archon leaderboard` reads
     assert summary.n == 2 and summary.pipeline["name"] == "unit-best" and summary.pipeline["search"]["trial"] == 0
+
+
+@pytest.mark.parametrize("sampler,multi", [("tpe", False), ("random", False), ("gp", False), ("nsga2", True),
+                                           ("cmaes", False), ("grid", False), ("tpe", True)])
+def test_every_sampler_runs_a_study(tmp_path, sampler, multi):
+    search, _ = make_search(tmp_path, trials=4, sampler=sampler, multi_objective=multi, budget=Budgets(tokens=60),
+                            n_startup_trials=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search.optimize()
+    assert len(search.finished()) == 4
+    assert not [t for t in search.study.trials if t.state == optuna.trial.TrialState.FAIL]
+
+
+def test_cmaes_is_single_objective_only(tmp_path):
+    search, _ = make_search(tmp_path, sampler="cmaes", multi_objective=True)
+    with pytest.raises(ConfigError, match="single-objective"):
+        search.optimize()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -56,10 +58,19 @@ class CallCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(_SCHEMA)
-        self._conn.commit()
+        # Switching to WAL takes an exclusive lock that SQLite's busy timeout does not
+        # wait for; workers opening one cache at the same moment must retry it.
+        for attempt in range(100):
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(_SCHEMA)
+                self._conn.commit()
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05 + random.random() * 0.1)
 
     def get_many(self, keys: list[str]) -> dict[str, Sample]:
         found: dict[str, Sample] = {}

@@ -119,6 +119,8 @@ def _search(*, space: Path, benchmark: str, trials: int, budget_tokens: float | 
             data_dir: Path | None, limit: int | None, holdout: float, seed: int, storage: str | None,
             study: str | None, out_dir: Path | None, cache: Path | None, no_cache: bool, skip_margin: float,
             timeout: float | None, winner_eval: bool, plots: bool) -> None:
+    import optuna
+
     from archon.backends.cache import CallCache
     from archon.backends.registry import ModelRegistry
     from archon.pipeline import default_cache_path
@@ -128,8 +130,6 @@ def _search(*, space: Path, benchmark: str, trials: int, budget_tokens: float | 
     from archon.search.report import write_outputs
     from archon.search.runner import Budgets, Search, SearchSettings, best_trial
     from archon.search.space import load_space
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line says it all
     search_space = load_space(space)
@@ -155,8 +155,9 @@ def _search(*, space: Path, benchmark: str, trials: int, budget_tokens: float | 
         done = len(search.finished())
         err.print(f"study [bold]{escape(study_name)}[/] in {escape(storage_url)}: {done} of {trials} trials done; "
                   f"{len(dev)} dev / {len(held)} held-out questions of {escape(data.name)}")
-        columns = (TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
-                   TextColumn("[dim]{task.fields[spent]}[/]"), TextColumn("{task.fields[now]}"), TimeElapsedColumn())
+        columns = (TextColumn("trials"), MofNCompleteColumn(), BarColumn(bar_width=12),
+                   TextColumn("{task.fields[best]}"), TextColumn("[dim]{task.fields[spent]}[/]"),
+                   TextColumn("{task.fields[now]}"), TimeElapsedColumn())
         with Progress(*columns, console=err, transient=False) as progress:
             search.reporter = RichReporter(progress, search.study, trials, len(dev))
             try:
