@@ -251,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     tied = [r for r in feasible if abs(r["accuracy"] - target) < 1e-9]
     best = min(tied, key=lambda r: r["tokens_per_query"])
     best_key = _key(best["config"])
-    sweep_new, sweep_full = _sweep_tokens(rows)
+    sweep_distinct, sweep_full = _sweep_tokens(rows)
+    sweep_measured = sum(r["new_tokens"] for r in rows) if args.cache is None else None
     print(f"sweep {sweep_s:.0f}s: budget {budget:.1f} tok/q, {len(feasible)} feasible, best accuracy "
           f"{target:.3f} ({len(tied)} pipelines), the best pipeline: {_label(best['config'])}")
 
@@ -270,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "feasible_pipelines": len(feasible), "best_accuracy": target, "best_accuracy_pipelines": len(tied),
         "best_pipeline": _label(best["config"]), "max_trials": MAX_TRIALS, "seeds": list(SEEDS),
         "startup_trials": STARTUP_TRIALS,
-        "sweep": {"seconds": round(sweep_s, 1), "tokens_generated": sweep_new, "tokens_without_reuse": sweep_full,
+        "sweep": {"seconds": round(sweep_s, 1), "tokens_generated": sweep_measured,
+                  "tokens_distinct_samples": sweep_distinct, "tokens_without_reuse": sweep_full,
                   "fresh_cache": args.cache is None},
         "pipelines_table": sorted(({"pipeline": _label(r["config"]),
                                     "accuracy": r["accuracy"], "tokens_per_query": round(r["tokens_per_query"], 1)}
@@ -306,7 +308,8 @@ def _summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _markdown(r: dict[str, Any]) -> str:
     s = r["sweep"]
-    saved = 1 - s["tokens_generated"] / max(1, s["tokens_without_reuse"])
+    generated = s["tokens_generated"] if s["tokens_generated"] is not None else s["tokens_distinct_samples"]
+    saved = 1 - generated / max(1, s["tokens_without_reuse"])
     lines = [
         "# Search: trials to the best pipeline, and tokens saved by reuse", "",
         f"`python benchmarks/perf_search.py` ({r['machine']}; the embedded Gemma 3 270M on llama.cpp, "
@@ -320,8 +323,10 @@ def _markdown(r: dict[str, Any]) -> str:
         f"**the best pipeline** (the cheapest of those, what the search reports): {r['best_pipeline']}.", "",
         f"**Exhaustive sweep**, every pipeline once through one shared call cache: {s['seconds']:.0f} s"
         f"{'' if s['fresh_cache'] else ' (its call cache was warm from an earlier run)'}, "
-        f"{s['tokens_generated']:,} tokens generated; without reuse the same sweep costs "
-        f"{s['tokens_without_reuse']:,} tokens ({saved:.0%} saved).", "",
+        f"{generated:,} tokens generated; without reuse the same sweep costs {s['tokens_without_reuse']:,} tokens "
+        f"({saved:.0%} saved). Distinct samples alone come to {s['tokens_distinct_samples']:,} tokens: identical "
+        "requests inside one batch (the dev set repeats questions) are each generated, the cache only serves "
+        "later batches.", "",
         f"**Studies**: the real `archon.search` loop (space, builder, estimate-skip, constraints, pruner) on the "
         f"recorded outcomes, TPE and GP with {r['startup_trials']} random startup trials (what `--trials 20` "
         f"gives), stopped once the best "
@@ -343,6 +348,8 @@ def _markdown(r: dict[str, Any]) -> str:
               "", "## The pipelines", "", "| pipeline | dev accuracy | tokens/query |", "|---|---|---|"]
     for p in r["pipelines_table"]:
         lines.append(f"| {p['pipeline']} | {p['accuracy']:.3f} | {p['tokens_per_query']} |")
+    if r.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"
 
 
