@@ -155,7 +155,7 @@ def test_specreason_batches_queries():
         n = req.assistant_prefix.count("\n\n")
         return "step" if n < 2 else "done \\boxed{1}"
 
-    router, backends, log = steps_router(respond, models=("small", "big"))
+    router, _, log = steps_router(respond, models=("small", "big"))
     results = run(SpecReason(drafter="small", model="big"), router, queries=["a", "b", "c"])
     assert all(r.final_answer == "1" for r in results)
     assert log == [("small", "step", 3), ("big", "judge", 3)] * 3
@@ -258,7 +258,7 @@ def test_one_backend_request_per_model_per_step_for_all_queries_and_particles():
             return digit(5)
         return f"step s{req.seed}"
 
-    router, backends, log = steps_router(respond, models=("gen", "prm"))
+    router, _, log = steps_router(respond, models=("gen", "prm"))
     tech = ParticleSteering(model="gen", judge="prm", particles=4, max_steps=3)
     results = run(tech, router, queries=["q1", "q2", "q3"])
     assert all(len(r.candidates) == 4 for r in results)
@@ -295,7 +295,7 @@ def test_beam_keeps_top_k_by_reward():
     (result,) = run(BeamSearch(beam_width=2, expand=3), router)
     gen = [b for b in backends["embedded"].batches if is_step(b[0])]
     assert [(r.n, r.assistant_prefix) for r in gen[0]] == [(6, "")]  # the root: beam_width x expand samples
-    assert sorted((r.n, r.assistant_prefix) for r in gen[1]) == [(3, "v4x4\n\n"), (3, "v5x5\n\n")]  # the top 2 of v0..v5
+    assert sorted((r.n, r.assistant_prefix) for r in gen[1]) == [(3, "v4x4\n\n"), (3, "v5x5\n\n")]  # top 2 of 6
     assert log == [("embedded", "step", 1), ("embedded", "judge", 6), ("embedded", "step", 2),
                    ("embedded", "judge", 6)]
     assert [c.text for c in result.candidates] == ["v5x5\n\nw2x2 \\boxed{2}", "v4x4\n\nw2x2 \\boxed{2}"]
@@ -475,7 +475,7 @@ def test_self_logprob_reward_needs_no_extra_call():
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [
     lambda: SpecReason(max_steps=2, max_tokens=12, threshold=5),
-    lambda: ParticleSteering(particles=2, max_steps=2, max_tokens=12),
+    lambda: ParticleSteering(particles=2, max_steps=2, max_tokens=12, reward="score"),  # the ScoreRequest path
     lambda: BeamSearch(beam_width=2, expand=1, max_steps=2, max_tokens=12),
     lambda: SolveDetectVerify(max_steps=2, max_tokens=12, fast_checks=2, slow_checks=1, slow_max_tokens=12,
                               max_rounds=0, answer_max_tokens=6),
