@@ -128,19 +128,25 @@ def _from_validation(src: _Source, exc: ValidationError, prefix: tuple[Any, ...]
     return src.error(err["msg"], loc, f"got {err.get('input')!r}" if "input" in err else None)
 
 
-def load_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
+def read_yaml_file(path: str | Path, *, what: str = "config file", missing_hint: str = "check the path"
+                   ) -> tuple[Any, yaml.Node | None]:
+    """Parsed data and the node tree (for line numbers); YAML errors name the file and line."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}", hint="check the path")
+        raise ConfigError(f"{what} not found: {p}", hint=missing_hint)
     text = p.read_text()
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        return yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=str(p),
                           line=mark.line + 1 if mark else None,
-                          hint="check indentation and that lists use `- `") from None
+                          hint="check indentation and that lists use `- ` or [a, b]") from None
+
+
+def load_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    p = Path(path)
+    data, root = read_yaml_file(p)
     if not isinstance(data, dict):
         raise ConfigError("a pipeline config must be a mapping with `nodes:` or `layers:`", file=str(p))
     return data, root

@@ -38,7 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from archon.backends.registry import EMBEDDED_NAME, ModelSpec
-from archon.config import DefaultsConfig, _line_of, _path, _suggest
+from archon.config import DefaultsConfig, _line_of, _path, _suggest, read_yaml_file
 from archon.engine.budget import Budget
 from archon.errors import ConfigError
 
@@ -455,16 +455,6 @@ def _check_final(space: SearchSpace, file: str | None, root: yaml.Node | None,
 
 def load_space(path: str | Path, *, techniques: dict[str, Any] | None = None) -> SearchSpace:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"search space file not found: {p}", hint="see configs/search/*.yaml for examples")
-    text = p.read_text()
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=str(p),
-                          line=mark.line + 1 if mark else None,
-                          hint="check indentation and that lists use `- ` or [a, b]") from None
+    data, root = read_yaml_file(p, what="search space file", missing_hint="see configs/search/*.yaml for examples")
     return parse_space(data, file=str(p), root=root, techniques=techniques)
 

@@ -23,6 +23,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from archon.backends.registry import ModelSpec
+from archon.backends.router import missing_runs
 from archon.backends.types import (
     GenerationRequest,
     GenerationResult,
@@ -219,7 +220,7 @@ class OpenAIBackend:
         while len(got) < request.n:
             chunks = [
                 (first, min(self._n_cap or count, start + count - first))
-                for start, count in _missing_runs(request.n, got)
+                for start, count in missing_runs(request.n, got)
                 for first in range(start, start + count, self._n_cap or count)
             ]
             results = await self._gather([self._sample_chunk(request, first, size) for first, size in chunks])
@@ -307,20 +308,6 @@ class OpenAIBackend:
             if start < len(text) and end > len(prompt) and value is not None  # first token has none
         ]
         return values, _usage(response)
-
-
-def _missing_runs(n: int, have: dict[int, Sample]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    j = 0
-    while j < n:
-        if j in have:
-            j += 1
-            continue
-        start = j
-        while j < n and j not in have:
-            j += 1
-        runs.append((start, j - start))
-    return runs
 
 
 def _usage(response: Any) -> Usage:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from archon.backends.accounting import CallTag, UsageLedger, flops_for
 from archon.backends.base import Backend
@@ -93,7 +93,7 @@ class ModelRouter:
         # What is still missing, as contiguous runs of sample indices.
         pending: dict[str, list[tuple[int, int, GenerationRequest]]] = defaultdict(list)
         for idx, r in enumerate(requests):
-            for start, count in _missing_runs(r.n, samples[idx]):
+            for start, count in missing_runs(r.n, samples[idx]):
                 sub = r.with_samples(count, r.sample_offset + start)
                 pending[r.model].append((idx, start, sub))
         usages = [Usage(cache_hits=h) for h in hits]
@@ -153,7 +153,8 @@ class ModelRouter:
             return [item for chunk in pool.map(fn, models) for item in chunk]
 
 
-def _missing_runs(n: int, have: dict[int, Sample]) -> list[tuple[int, int]]:
+def missing_runs(n: int, have: dict[int, Sample]) -> list[tuple[int, int]]:
+    """Contiguous ``(start, count)`` runs of sample indices below ``n`` not in ``have``."""
     runs: list[tuple[int, int]] = []
     j = 0
     while j < n:
@@ -166,6 +167,3 @@ def _missing_runs(n: int, have: dict[int, Sample]) -> list[tuple[int, int]]:
         runs.append((start, j - start))
     return runs
 
-
-def replace_model(request: GenerationRequest, model: str) -> GenerationRequest:
-    return replace(request, model=model)
