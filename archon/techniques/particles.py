@@ -127,10 +127,9 @@ class Particle:
     log_g: float = 0.0      # Σ log G_s along the lineage (for the final correction)
     log_w: float = 0.0      # log weight since the last resampling
     ancestors: list[int] = field(default_factory=list)
-    finalized: bool = False
 
     def copy(self, ancestor: int) -> Particle:
-        return Particle(self.trace, list(self.rewards), self.log_g, 0.0, [*self.ancestors, ancestor], self.finalized)
+        return Particle(self.trace, list(self.rewards), self.log_g, 0.0, [*self.ancestors, ancestor])
 
 
 class ParticleSteering(StepTechnique):
@@ -146,11 +145,8 @@ class ParticleSteering(StepTechnique):
         p = self.params
         if new_step:
             pt.rewards.append(reward)
-        if pt.trace.done:
-            g = p.lam * reward - pt.log_g  # the product of all potentials becomes exp(λ·r_T)
-            pt.finalized = True
-        else:
-            g = log_potential(p.potential, p.lam, pt.rewards)
+        # at the last step the product of all potentials becomes exp(λ·r_T)
+        g = p.lam * reward - pt.log_g if pt.trace.done else log_potential(p.potential, p.lam, pt.rewards)
         pt.log_g += g
         pt.log_w += g
 
