@@ -84,6 +84,13 @@ class ScoreRequest:
         if not self.continuations:
             raise ValueError("ScoreRequest needs at least one continuation")
 
+    def prefix_text(self) -> str:
+        """The same flat view as ``GenerationRequest.prefix_text``, for ordering and traces."""
+        if self.prompt is not None:
+            return self.prompt + self.assistant_prefix
+        body = "\n".join(f"{m.role}:{m.content}" for m in self.messages or ())
+        return body + "\nassistant:" + self.assistant_prefix
+
 
 @dataclass
 class TokenLogprob:
