@@ -287,18 +287,6 @@ class RewardStepParams(StepParams):
         return scorer_spec(value)
 
 
-@dataclass(frozen=True)
-class TracedScoreRequest(ScoreRequest):
-    """A ``ScoreRequest`` with ``prefix_text`` (the executor's trace records call it on every
-    request; the base ``ScoreRequest`` lacks it at the time of writing)."""
-
-    def prefix_text(self) -> str:
-        if self.prompt is not None:
-            return self.prompt + self.assistant_prefix
-        body = "\n".join(f"{m.role}:{m.content}" for m in self.messages or ())
-        return body + "\nassistant:" + self.assistant_prefix
-
-
 class StepTechnique(Technique):
     """Helpers for techniques that build solutions step by step (no ``run`` of its own)."""
 
@@ -342,7 +330,7 @@ class StepTechnique(Technique):
                             top_logprobs=10, assistant_prefix=prefix)
 
     def yes_no_request(self, ctx: NodeContext, user: str, model: str, prefix: str = "Answer:") -> ScoreRequest:
-        return TracedScoreRequest(model=model, continuations=(" Yes", " No"), messages=self.messages(ctx, user),
+        return ScoreRequest(model=model, continuations=(" Yes", " No"), messages=self.messages(ctx, user),
                                   assistant_prefix=prefix)
 
     def effective_temperature(self, ctx: NodeContext) -> float:
