@@ -58,6 +58,43 @@ def summary_table(s: Any) -> Table:
     return table
 
 
+def set_scheduler(pipe: Any, scheduler: str | None) -> None:
+    """``--scheduler`` overrides the config's ``scheduler:``."""
+    if scheduler is None:
+        return
+    if scheduler not in ("dataflow", "levels"):
+        raise ConfigError(f"--scheduler {scheduler!r}: unknown scheduler", hint="use dataflow or levels")
+    pipe.scheduler = scheduler
+
+
+class RunningStats:
+    """What the progress bar shows besides the count: running accuracy (or judge score) and
+    tokens, from the rows written this session."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.scored = 0
+        self.score = 0.0
+        self.tokens = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        if row.get("score") is not None:
+            self.scored += 1
+            self.score += float(row["score"])
+        self.tokens += float((row.get("usage") or {}).get("total_tokens", 0))
+
+    def text(self) -> str:
+        if not self.rows:
+            return ""
+        parts = []
+        if self.scored:
+            mean = self.score / self.scored
+            parts.append(f"acc {100 * mean:.1f}%" if mean <= 1.0 else f"score {mean:.2f}")
+        parts.append(f"{self.tokens / 1000:,.1f}k tok")
+        return " ".join(parts)
+
+
 def eval_command(
     config: Annotated[Path, typer.Argument(help="pipeline YAML")],
     benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="gsm8k, math500, aime24, amc23, humaneval, "
@@ -71,7 +108,13 @@ def eval_command(
     seed: Annotated[int | None, typer.Option("--seed", help="with --limit: draw the questions at random "
                                              "with this seed (default: the first N)")] = None,
     model: Annotated[str | None, typer.Option("--model", help="send every node's calls to this model")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="questions run level-batched together")] = 8,
+    window: Annotated[int | None, typer.Option("--window", "-w", help="questions in flight at once "
+                                               "(default: chosen by the backend; with scheduler levels: "
+                                               "the chunk size, 8)")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", hidden=True,
+                                                   help="old name of --window")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="dataflow or levels "
+                                                  "(default: the config's, else dataflow)")] = None,
     judge_model: Annotated[str | None, typer.Option("--judge-model", help="judge for mt_bench "
                                                     "(any archon model name; default: embedded)")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="override a config value, e.g. "
@@ -86,21 +129,24 @@ def eval_command(
     try:
         bench = get_benchmark(benchmark, data_dir, judge_model=judge_model)
         pipe = load_pipeline(config, model=model, no_cache=no_cache, cache=cache, sets=list(sets or []))
+        set_scheduler(pipe, scheduler)
         meta = {"overrides": list(sets or []), "model_override": model}
         with pipe, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:
-            task = progress.add_task(f"{escape(pipe.name)} on {escape(bench.label)}", total=None)
-
+                            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+                            TimeRemainingColumn(), console=err) as progress:
+            task = progress.add_task(f"{escape(pipe.name)} on {escape(bench.label)}", total=None, stats="")
             first = [True]
+            seen = RunningStats()
 
             def on_progress(done: int, total: int) -> None:
                 if first[0] and done:
                     err.print(f"resuming: {done} of {total} already in {out_dir / 'results.jsonl'}")
                 first[0] = False
-                progress.update(task, completed=done, total=total)
+                progress.update(task, completed=done, total=total, stats=seen.text())
 
-            summary = evaluate(pipe, bench, out_dir, limit=limit, split=split, seed=seed, batch_size=batch_size,
-                               progress=on_progress, pipeline_meta=meta)
+            summary = evaluate(pipe, bench, out_dir, limit=limit, split=split, seed=seed,
+                               window=window or batch_size, progress=on_progress, pipeline_meta=meta,
+                               on_row=seen.add)
     except ArchonError as exc:
         raise _fail(exc) from None
     out.print(summary_table(summary))

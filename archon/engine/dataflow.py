@@ -463,7 +463,7 @@ class DataflowExecutor:
     async def _tick_loop(self, lane: _Lane) -> None:
         if lane.streams is None:
             try:
-                backend = await _in_thread(self.router.backend, lane.model)
+                backend = await run_in_daemon_thread(self.router.backend, lane.model)
             except Exception as exc:  # the engine cannot start: every query waiting on it fails
                 items, lane.queue = lane.queue, []
                 for run in {id(it[0].program.run): it[0].program.run for it in items}.values():
@@ -496,7 +496,7 @@ class DataflowExecutor:
             return g, s
 
         try:
-            g, s = await _in_thread(work)
+            g, s = await run_in_daemon_thread(work)
         except Exception as exc:
             for run in {id(it[0].program.run): it[0].program.run for it in items}.values():
                 self._fail(run, exc)
@@ -540,7 +540,7 @@ class DataflowExecutor:
             self._answered(list(complete.values()))
 
 
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a daemon thread: unlike the default executor, nothing waits for it at
     exit, so Ctrl-C during a long engine call ends the process at once."""
     loop = asyncio.get_running_loop()
