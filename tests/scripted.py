@@ -71,7 +71,7 @@ class DelayedBackend(ScriptedBackend):
     seconds, concurrently, like an HTTP backend; ``generate`` (the level executor's path)
     answers a batch when its slowest request is done. ``done`` logs (finish time, request)."""
 
-    delay: Delay = lambda request: 0.0  # noqa: E731
+    delay: Delay = lambda request: 0.0
     done: list[tuple[float, GenerationRequest]] = field(default_factory=list)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -94,7 +94,7 @@ class DelayedBackend(ScriptedBackend):
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
-def delayed_router(respond: Responder = default_responder, delay: Delay = lambda r: 0.0,  # noqa: E731
+def delayed_router(respond: Responder = default_responder, delay: Delay = lambda r: 0.0,
                    model: str = "embedded") -> tuple[ModelRouter, DelayedBackend]:
     backend = DelayedBackend(respond, delay=delay)
     registry = ModelRegistry({model: ModelSpec(backend="openai", base_url="http://127.0.0.1:9/v1", parameters=1e6)})

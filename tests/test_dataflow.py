@@ -130,7 +130,6 @@ def test_window_bounds_queries_in_flight_and_refills_as_they_finish():
 
 def test_rows_arrive_in_completion_order_in_the_eval_results_file(tmp_path):
     from archon.benchmarks.evaluate import evaluate
-
     from archon.benchmarks.registry import get_benchmark
 
     bench = get_benchmark("arith?n=6&seed=1")
@@ -263,7 +262,7 @@ def test_sigkill_after_k_rows_leaves_exactly_k_and_a_rerun_completes_the_rest(tm
     proc.wait(timeout=30)
     rows = [r["id"] for r in read_jsonl(out / "results.jsonl")]
     assert rows == printed  # every announced row is on disk, nothing more
-    router, backend = delayed_router()
+    router, _ = delayed_router()
     pipe = Pipeline({"sample": Generate(samples=2), "vote": Vote()},
                     {"vote": ["sample"]}, router=router, name="v", window=1)
     summary = evaluate(pipe, "arith?n=8&seed=2", out)
