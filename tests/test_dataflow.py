@@ -339,3 +339,22 @@ def test_streamed_requests_to_a_llama_cpp_server_match_the_level_executor():
                 calls[scheduler] = len(pipe.router.calls)
     assert got["levels"] == got["dataflow"]
     assert calls["levels"] == 2 and calls["dataflow"] == 6  # one request per program round: streamed
+
+
+@pytest.mark.vllm
+def test_vllm_in_process_ticks_match_the_level_executor():
+    pytest.importorskip("vllm")
+    from archon.backends.convert import ensure_embedded_hf
+    from archon.backends.registry import EMBEDDED_PARAMETERS, ModelSpec
+
+    spec = ModelSpec(backend="vllm", path=str(ensure_embedded_hf()), parameters=EMBEDDED_PARAMETERS)
+    got, batches = {}, {}
+    for scheduler in ("levels", "dataflow"):
+        pipe = Pipeline({"sample": Generate(samples=2, max_tokens=6), "fuse": Fuse(max_tokens=6)},
+                        {"fuse": ["sample"]}, scheduler=scheduler, cache=False, models={"gemma-vllm": spec},
+                        defaults=Defaults(model="gemma-vllm", temperature=0.7, seed=3))
+        with pipe:
+            got[scheduler] = comparable(pipe.run_batch(["What is 2+3?", "Name a color.", "Say hi."]))
+            batches[scheduler] = len(pipe.router.calls)
+    assert got["levels"] == got["dataflow"]
+    assert batches == {"levels": 2, "dataflow": 2}  # one engine call per tick: every query's level at once
