@@ -358,3 +358,22 @@ def test_vllm_in_process_ticks_match_the_level_executor():
             batches[scheduler] = len(pipe.router.calls)
     assert got["levels"] == got["dataflow"]
     assert batches == {"levels": 2, "dataflow": 2}  # one engine call per tick: every query's level at once
+
+
+def test_many_queries_without_model_calls_do_not_nest_frames():
+    from archon.techniques.base import Technique
+
+    class Echo(Technique):
+        name = "echo"
+        consumes = "query"
+
+        def run(self, ctx, inputs):  # type: ignore[no-untyped-def]
+            from archon.data import Candidate
+
+            return [Candidate(text=ctx.query.prompt or "")]
+            yield []  # a generator with no rounds
+
+    router, backends = scripted_router()
+    pipe = Pipeline({"e": Echo(), "s": Select(method="first")}, {"s": ["e"]}, router=router, window=2)
+    results = pipe.run_batch([f"q{i}" for i in range(3000)])
+    assert [r.answer for r in results[:2]] == ["q0", "q1"] and backends["embedded"].batches == []

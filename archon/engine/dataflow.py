@@ -153,6 +153,7 @@ class DataflowExecutor:
         self._runs: dict[str, _Run] = {}
         self._lanes: dict[str, _Lane] = {}
         self._seq = 0
+        self._admitting = False
         self._parameters: dict[str, float | None] | None = None
 
     # -- entry points ---------------------------------------------------------------------
@@ -276,6 +277,17 @@ class DataflowExecutor:
         return fut
 
     def _admit(self) -> None:
+        # Not re-entrant: a query that finishes while being started (no model calls) frees its
+        # slot inside this loop, which then goes on; recursing would nest one frame per query.
+        if self._admitting:
+            return
+        self._admitting = True
+        try:
+            self._admit_waiting()
+        finally:
+            self._admitting = False
+
+    def _admit_waiting(self) -> None:
         while self._waiting and len(self._runs) < self.window:
             query, fut = self._waiting.popleft()
             if fut.done():
