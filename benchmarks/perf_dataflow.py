@@ -24,7 +24,7 @@ Part 2 (small, real): the embedded model (llama.cpp, in process: the tick path) 
 sample-2 -> critique -> rank -> fuse over a few GSM8K questions with ``max_tokens`` 16;
 busy is the share of wall time inside the engine's ``generate``.
 
-    python -m archon.benchmarks.perf_dataflow [--questions 16] [--embedded-questions 8] [--skip-embedded]
+    python -m archon.benchmarks.perf_dataflow [--questions 16] [--embedded-questions 6] [--skip-embedded]
 
 Writes ``benchmarks/results/dataflow.json`` and ``dataflow.md``.
 """
@@ -305,16 +305,20 @@ class BusyBackend:
         self.inner.close()
 
 
-def run_embedded(questions: list[str]) -> list[dict[str, Any]]:
+def run_embedded(questions: list[str], max_tokens: int = 16, repeats: int = 2) -> list[dict[str, Any]]:
+    """Alternates the schedulers (levels, dataflow, dataflow, levels, ...) so that a shared
+    machine's load drifting over time hits both alike."""
     rows = []
     registry = ModelRegistry()
     engine = default_backend_factory("embedded", registry.get("embedded"))
+    order = [s for i in range(repeats) for s in (("levels", "dataflow") if i % 2 == 0 else ("dataflow", "levels"))]
     try:
         engine.generate([GenerationRequest(model="embedded", prompt="Hello", max_tokens=1)])  # load it untimed
-        for scheduler in ("levels", "dataflow"):
+        for scheduler in order:
             backend = BusyBackend(engine)
             router = ModelRouter(registry=registry, factory=lambda name, spec, b=backend: b)
-            pipe = critique_pipeline(router, scheduler, None, model="embedded", max_tokens=16, samples=2)  # type: ignore[arg-type]
+            pipe = critique_pipeline(router, scheduler, None, model="embedded", max_tokens=max_tokens,  # type: ignore[arg-type]
+                                     samples=2)
             timed = Timed()
             start = time.perf_counter()
             results = pipe.run_batch(questions, on_result=timed)
@@ -347,25 +351,34 @@ def markdown(rows: list[dict[str, Any]], setup: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--questions", type=int, default=16)
-    ap.add_argument("--embedded-questions", type=int, default=8)
+    ap.add_argument("--embedded-questions", type=int, default=6)
+    ap.add_argument("--embedded-max-tokens", type=int, default=16)
     ap.add_argument("--max-seqs", type=int, default=32)
     ap.add_argument("--step-ms", type=float, default=10.0)
     ap.add_argument("--frontend-ms", type=float, default=30.0)
+    ap.add_argument("--embedded-repeats", type=int, default=2)
     ap.add_argument("--skip-embedded", action="store_true")
+    ap.add_argument("--only-embedded", action="store_true", help="keep the simulated rows already in --out")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    server = SimServer(max_seqs=args.max_seqs, step_s=args.step_ms / 1000, frontend_s=args.frontend_ms / 1000)
-    try:
-        rows = run_sim(gsm8k_questions(args.questions), server)
-    finally:
-        server.close()
+    if args.only_embedded:
+        old = json.loads((args.out / "dataflow.json").read_text())["rows"]
+        rows = [r for r in old if not r["backend"].startswith("embedded")]
+    else:
+        server = SimServer(max_seqs=args.max_seqs, step_s=args.step_ms / 1000, frontend_s=args.frontend_ms / 1000)
+        try:
+            rows = run_sim(gsm8k_questions(args.questions), server)
+        finally:
+            server.close()
     if not args.skip_embedded:
-        rows += run_embedded(gsm8k_questions(args.embedded_questions))
+        rows += run_embedded(gsm8k_questions(args.embedded_questions), args.embedded_max_tokens,
+                             args.embedded_repeats)
     setup = (f"Simulated server: {args.max_seqs} slots, a decode step {args.step_ms:g} ms + 0.2 ms per running "
              f"sequence, {args.frontend_ms:g} ms front end per request, {args.questions} GSM8K questions, all "
              f"admitted at once (levels: one batch; dataflow: window {args.questions}). Embedded: Gemma 3 270M "
-             f"Q4_K_M in llama.cpp, {args.embedded_questions} questions, max_tokens 16, dataflow window chosen by "
-             "the backend.")
+             f"Q4_K_M in llama.cpp, {args.embedded_questions} questions, max_tokens {args.embedded_max_tokens}, "
+             "dataflow window chosen by the backend (4), "
+             f"{args.embedded_repeats} runs of each, alternating.")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dataflow.json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
     (args.out / "dataflow.md").write_text(markdown(rows, setup))
