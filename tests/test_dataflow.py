@@ -345,17 +345,22 @@ def test_streamed_requests_to_a_llama_cpp_server_match_the_level_executor():
 def test_vllm_in_process_ticks_match_the_level_executor():
     pytest.importorskip("vllm")
     from archon.backends.convert import ensure_embedded_hf
-    from archon.backends.registry import EMBEDDED_PARAMETERS, ModelSpec
+    from archon.backends.registry import EMBEDDED_PARAMETERS, ModelRegistry, ModelSpec
+    from archon.backends.router import ModelRouter
 
     spec = ModelSpec(backend="vllm", path=str(ensure_embedded_hf()), parameters=EMBEDDED_PARAMETERS)
+    router = ModelRouter(registry=ModelRegistry({"gemma-vllm": spec}))  # one engine for both (a minute to start)
     got, batches = {}, {}
-    for scheduler in ("levels", "dataflow"):
-        pipe = Pipeline({"sample": Generate(samples=2, max_tokens=6), "fuse": Fuse(max_tokens=6)},
-                        {"fuse": ["sample"]}, scheduler=scheduler, cache=False, models={"gemma-vllm": spec},
-                        defaults=Defaults(model="gemma-vllm", temperature=0.7, seed=3))
-        with pipe:
+    try:
+        for scheduler in ("levels", "dataflow"):
+            pipe = Pipeline({"sample": Generate(samples=2, max_tokens=6), "fuse": Fuse(max_tokens=6)},
+                            {"fuse": ["sample"]}, scheduler=scheduler, router=router,
+                            defaults=Defaults(model="gemma-vllm", temperature=0.7, seed=3))
+            before = len(router.calls)
             got[scheduler] = comparable(pipe.run_batch(["What is 2+3?", "Name a color.", "Say hi."]))
-            batches[scheduler] = len(pipe.router.calls)
+            batches[scheduler] = len(router.calls) - before
+    finally:
+        router.close()
     assert got["levels"] == got["dataflow"]
     assert batches == {"levels": 2, "dataflow": 2}  # one engine call per tick: every query's level at once
 
