@@ -130,7 +130,7 @@ def test_unknown_model_is_served_by_llama_cpp(live):
 def test_load_balancing_and_failover(live):
     dead = f"http://127.0.0.1:{free_port()}/v1"
     alias = live.base_url.replace("127.0.0.1", "localhost")  # same server, second URL
-    b = backend([dead, live.base_url, alias], max_retries=0)
+    b = backend([dead, live.base_url, alias], max_retries=0, routing={"policy": "round_robin"})
     try:
         results = b.generate([req(prompt=f"{i}+1=", max_tokens=1, temperature=0.0) for i in range(4)])
     finally:

@@ -23,6 +23,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from archon.backends.registry import ModelSpec
+from archon.backends.replicas import ReplicaPicker
 from archon.backends.router import missing_runs
 from archon.backends.types import (
     GenerationRequest,
@@ -81,9 +82,10 @@ class OpenAIBackend:
         self.model = spec.api_model or name
         self.urls = urls
         self.served: Counter[str] = Counter()
+        self.replicas = ReplicaPicker(urls, spec.routing)
+        self._replica_usage: dict[str, Usage] = {}
         self._api_key = key
         self._n_cap: int | None = None
-        self._next_url = 0
         self._clients: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -152,19 +154,18 @@ class OpenAIBackend:
         sent = f" (server model {self.model!r})" if self.model != self.name else ""
         return f"model {self.name!r}{sent}"
 
-    async def _call(self, endpoint: str, hint: str = "", **kwargs: Any) -> tuple[Any, str]:
+    async def _call(self, endpoint: str, hint: str = "", route_key: str = "", **kwargs: Any) -> tuple[Any, str]:
         """Send one request; returns (response, url that answered).
 
-        Each round tries every URL once, starting at the round-robin pick, so a dead
-        replica costs one refused connection; only after a whole round fails does it back
-        off (exponential, jittered) and try again, ``max_retries`` times.
+        Each round tries every URL once, starting at the replica the routing policy picks
+        for ``route_key`` (the prompt: see ``replicas.py``), so a dead replica costs one
+        refused connection; only after a whole round fails does it back off (exponential,
+        jittered) and try again, ``max_retries`` times.
         """
         import openai
 
         assert self._sem is not None
-        start = self._next_url
-        self._next_url = (start + 1) % len(self.urls)
-        order = self.urls[start:] + self.urls[:start]
+        order = self.replicas.order(route_key)
         last = ""
         for attempt in range(self.spec.max_retries + 1):
             if attempt:
@@ -175,12 +176,17 @@ class OpenAIBackend:
                 create = client.chat.completions.create if endpoint == "chat" else client.completions.create
                 try:
                     async with self._sem:
-                        response = await create(model=self.model, **kwargs)
+                        self.replicas.started(url)
+                        try:
+                            response = await create(model=self.model, **kwargs)
+                        finally:
+                            self.replicas.finished(url)
                 except openai.APITimeoutError:
                     last = f"{url}: no answer within timeout_s={self.spec.timeout_s:g}"
                     continue
                 except openai.APIConnectionError as exc:
                     last = f"{url}: connection failed ({exc.__cause__ or exc})"
+                    self.replicas.failed(url)
                     continue
                 except openai.APIStatusError as exc:
                     status = exc.status_code
@@ -253,18 +259,19 @@ class OpenAIBackend:
                 kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
             if r.logprobs:
                 kwargs.update(logprobs=True, top_logprobs=r.top_logprobs)
-            response, _ = await self._call("chat", messages=messages, **kwargs)
+            response, url = await self._call("chat", route_key=r.prefix_text(), messages=messages, **kwargs)
             for c in sorted(response.choices, key=lambda c: c.index):
                 lp = _chat_logprobs(c.logprobs, r.top_logprobs) if r.logprobs else None
                 parsed.append((c.message.content or "", c.finish_reason or "stop", lp))
         else:
             if r.logprobs:
                 kwargs["logprobs"] = r.top_logprobs
-            response, _ = await self._call("completions", prompt=r.prompt + r.assistant_prefix, **kwargs)
+            response, url = await self._call(
+                "completions", route_key=r.prefix_text(), prompt=r.prompt + r.assistant_prefix, **kwargs)
             for c in sorted(response.choices, key=lambda c: c.index):
                 lp = _completion_logprobs(c.logprobs, r.top_logprobs) if r.logprobs else None
                 parsed.append((c.text, c.finish_reason or "stop", lp))
-        usage = _usage(response)
+        usage = self._count(url, _usage(response))
         counts = _split_tokens(usage.completion_tokens, [lp for _, _, lp in parsed])
         samples = [Sample(text=text, finish_reason=finish, logprobs=lp, completion_tokens=k)
                    for (text, finish, lp), k in zip(parsed, counts, strict=True)]
@@ -296,7 +303,8 @@ class OpenAIBackend:
         text = prompt + continuation
         hint = "Scoring sends echo=True, logprobs=1 to /completions; this server may not support echo"
         response, url = await self._call(
-            "completions", hint=hint, prompt=text, max_tokens=1, temperature=0.0, echo=True, logprobs=1)
+            "completions", hint=hint, route_key=text, prompt=text, max_tokens=1, temperature=0.0, echo=True,
+            logprobs=1)
         choice = response.choices[0] if response.choices else None
         lp = choice.logprobs if choice is not None else None
         if choice is None or lp is None or not lp.tokens or not lp.token_logprobs or not choice.text.startswith(text):
@@ -307,7 +315,26 @@ class OpenAIBackend:
             value for start, end, value in _token_spans(text, lp.tokens, lp.text_offset, lp.token_logprobs)
             if start < len(text) and end > len(prompt) and value is not None  # first token has none
         ]
-        return values, _usage(response)
+        return values, self._count(url, _usage(response))
+
+    # -- per-replica observability -------------------------------------------------------
+
+    def _count(self, url: str, usage: Usage) -> Usage:
+        self._replica_usage[url] = self._replica_usage.get(url, Usage()) + usage
+        return usage
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per replica URL: answered requests, tokens, and the prefix-cache hit rate the server
+        reported (``None`` where it reports no cached tokens), beside the router's own estimate."""
+        routed = self.replicas.stats()
+        out: dict[str, dict[str, float]] = {}
+        for url in self.urls:
+            u = self._replica_usage.get(url, Usage())
+            reported = u.cached_prompt_tokens / u.prompt_tokens if u.prompt_tokens and u.cached_prompt_tokens else None
+            out[url] = {"requests": self.served[url], "prompt_tokens": u.prompt_tokens,
+                        "cached_prompt_tokens": u.cached_prompt_tokens, "server_hit_rate": reported,
+                        **routed[url]}
+        return out
 
 
 def _usage(response: Any) -> Usage:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from archon.backends.replicas import ReplicaRouting
 from archon.errors import ConfigError
 
 BackendKind = Literal["llama_cpp", "vllm", "openai"]
@@ -31,13 +32,20 @@ class ModelSpec(BaseModel):
     chat_format: Literal["gemma", "server"] | None = Field(
         None, description="how chat messages become a prompt for llama_cpp models without a template")
     dtype: str = "auto"
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split across (tensor parallel)")
+    pipeline_parallel_size: int = Field(1, ge=1, description="vllm: pipeline stages (GPUs or nodes)")
+    data_parallel_size: int = Field(1, ge=1, description="vllm: model replicas inside one engine")
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        None, description="vllm: how workers are launched (multiprocessing on one node, ray across nodes)")
     max_model_len: int | None = 4096
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool | None = None
     n_ctx: int = 4096
     n_threads: int | None = None
     max_concurrency: int = 16
+    routing: ReplicaRouting = Field(
+        default_factory=ReplicaRouting,
+        description="openai: how requests are spread over several base_url replicas (prefix-aware by default)")
     timeout_s: float = 300.0
     max_retries: int = 4
 
