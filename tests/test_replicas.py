@@ -51,17 +51,18 @@ def test_a_short_match_below_the_threshold_does_not_bind():
 
 def test_imbalance_sends_to_the_least_loaded_replica():
     picker = ReplicaPicker([A, B], ReplicaRouting(balance_abs_threshold=2, balance_rel_threshold=1.5))
-    assert picker.order(question(0))[0] == A
+    routed = [picker.order(question(0))[0] for _ in range(3)]
+    assert routed == [A, A, A]  # loads 0-0, 1-0, 2-0: no gap above 2, so the prefix holder wins
+    assert picker.in_flight == {A: 3}  # load counts from routing until finished()
+    # 3 - 0 > 2 and 3 > 1.5 * 0: imbalance, so the least loaded replica gets it
+    assert picker.order(question(0))[0] == B
+    # 3 - 1 is no imbalance; both now hold the prefix, so the tie goes to the less loaded
+    assert picker.order(question(0))[0] == B
     for _ in range(3):
-        picker.started(A)
-    # A holds the prefix but has 3 in flight against 0: 3 - 0 > 2 and 3 > 1.5 * 0
-    assert picker.order(question(0))[0] == B
-    picker.finished(A)
-    picker.finished(A)
-    # 1 - 0 is no imbalance; both now hold the prefix, so the tie goes to the less loaded
-    assert picker.order(question(0))[0] == B
-    picker.finished(A)
-    assert picker.order(question(1))[0] == A  # a new question: A and B equally empty and idle
+        picker.finished(A)
+    for _ in range(2):
+        picker.finished(B)
+    assert picker.order(question(1))[0] == A  # a new question: A and B equally full and idle
 
 
 def test_round_robin_rotates_and_orders_failover():
@@ -72,6 +73,7 @@ def test_round_robin_rotates_and_orders_failover():
 def test_a_failed_replica_is_avoided_for_the_cooldown():
     picker = ReplicaPicker([A, B], ReplicaRouting(down_cooldown_s=60))
     assert picker.order(question(0))[0] == A
+    picker.finished(A)
     picker.failed(A)
     assert picker.order(question(0)) == [B, A]  # A stays in the failover order
     picker2 = ReplicaPicker([A, B], ReplicaRouting(down_cooldown_s=0))

@@ -155,17 +155,22 @@ class OpenAIBackend:
         return f"model {self.name!r}{sent}"
 
     async def _call(self, endpoint: str, hint: str = "", route_key: str = "", **kwargs: Any) -> tuple[Any, str]:
-        """Send one request; returns (response, url that answered).
+        """Send one request to the replica the routing policy picks for ``route_key`` (the
+        prompt: see ``replicas.py``); returns (response, url that answered)."""
+        order = self.replicas.order(route_key)
+        try:
+            return await self._send(order, endpoint, hint, **kwargs)
+        finally:
+            self.replicas.finished(order[0])
 
-        Each round tries every URL once, starting at the replica the routing policy picks
-        for ``route_key`` (the prompt: see ``replicas.py``), so a dead replica costs one
-        refused connection; only after a whole round fails does it back off (exponential,
-        jittered) and try again, ``max_retries`` times.
+    async def _send(self, order: list[str], endpoint: str, hint: str, **kwargs: Any) -> tuple[Any, str]:
+        """Each round tries every URL once in ``order``, so a dead replica costs one refused
+        connection; only after a whole round fails does it back off (exponential, jittered)
+        and try again, ``max_retries`` times.
         """
         import openai
 
         assert self._sem is not None
-        order = self.replicas.order(route_key)
         last = ""
         for attempt in range(self.spec.max_retries + 1):
             if attempt:
@@ -176,11 +181,7 @@ class OpenAIBackend:
                 create = client.chat.completions.create if endpoint == "chat" else client.completions.create
                 try:
                     async with self._sem:
-                        self.replicas.started(url)
-                        try:
-                            response = await create(model=self.model, **kwargs)
-                        finally:
-                            self.replicas.finished(url)
+                        response = await create(model=self.model, **kwargs)
                 except openai.APITimeoutError:
                     last = f"{url}: no answer within timeout_s={self.spec.timeout_s:g}"
                     continue

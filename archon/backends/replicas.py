@@ -16,7 +16,12 @@ character blocks of the prompts sent to it, least recently used evicted), and
    prompt, the request goes to the replica with the longest match (ties: least loaded);
 3. otherwise to the replica with the smallest mirror (the most cache room), ties least loaded.
 
-Defaults are SMG's documented ``cache_aware`` defaults (0.3, 64, 1.5). The mirror is
+Defaults are SMG's documented ``cache_aware`` defaults (0.3 and 1.5) except the absolute
+imbalance threshold: 4, not 64. SMG's 64 assumes replicas that batch hundreds of sequences;
+a pipeline's burst over servers that run one request at a time (llama.cpp) never reaches it,
+and all requests sharing a prompt template piled on one replica (measured with
+``benchmarks/perf_replica_routing.py``: 43 vs 20 requests, slower than round-robin). With many
+requests in flight the relative threshold governs, as in SMG. The mirror is
 approximate: archon does not see the server's tokens or evictions, so it counts characters,
 not tokens, and caps each mirror at ``max_blocks``. ``policy: round_robin`` restores plain
 rotation. Whatever the policy, a replica that fails is skipped: the returned order lists
@@ -44,7 +49,7 @@ class ReplicaRouting(BaseModel):
         "prefix", description="prefix: cache-aware with a load fallback; round_robin: rotate")
     cache_threshold: float = Field(0.3, ge=0.0, le=1.0,
                                    description="share of the prompt a replica must hold to win it")
-    balance_abs_threshold: int = Field(64, ge=0, description="in-flight gap that counts as imbalance")
+    balance_abs_threshold: int = Field(4, ge=0, description="in-flight gap that counts as imbalance (SMG: 64)")
     balance_rel_threshold: float = Field(1.5, ge=1.0, description="in-flight ratio that counts as imbalance")
     block_chars: int = Field(64, ge=1, description="granularity of the cache mirror, in characters")
     max_blocks: int = Field(200_000, ge=1, description="blocks remembered per replica (LRU)")
@@ -110,7 +115,10 @@ class ReplicaPicker:
         self._lock = threading.Lock()
 
     def order(self, prompt: str) -> list[str]:
-        """Every replica, the chosen one first, then the rest in rotation (failover order)."""
+        """Every replica, the chosen one first, then the rest in rotation (failover order).
+
+        The chosen replica's load grows by one until ``finished(order[0])`` is called.
+        """
         with self._lock:
             if len(self.urls) == 1:
                 first = self.urls[0]
@@ -125,6 +133,9 @@ class ReplicaPicker:
                 hashes = block_hashes(prompt, self.routing.block_chars)
                 first, matched = self._choose(prompt, hashes)
             self.routed[first] += 1
+            # Load counts from routing, not from the HTTP send: requests queued behind the
+            # client's concurrency bound are the backlog that imbalance is about.
+            self.in_flight[first] += 1
             self.prompt_chars[first] += len(prompt)
             self.matched_chars[first] += matched * self.routing.block_chars
             if hashes:
@@ -153,11 +164,8 @@ class ReplicaPicker:
         with self._lock:
             self._down_until[url] = time.monotonic() + self.routing.down_cooldown_s
 
-    def started(self, url: str) -> None:
-        with self._lock:
-            self.in_flight[url] += 1
-
     def finished(self, url: str) -> None:
+        """The request routed to ``url`` by ``order`` is done (answered or failed over)."""
         with self._lock:
             self.in_flight[url] -= 1
 
