@@ -14,17 +14,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from archon.errors import ArchonError, BackendError, ConfigError
+from archon.commands.console import fail
+from archon.errors import ArchonError
 
 err = Console(stderr=True)
 out = Console()
 
 
 def _fail(exc: ArchonError) -> typer.Exit:
-    kind = "config error" if isinstance(exc, ConfigError) else (
-        "backend error" if isinstance(exc, BackendError) else "error")
-    err.print(f"[bold red]{kind}:[/] {escape(str(exc))}", highlight=False)
-    return typer.Exit(2 if isinstance(exc, ConfigError) else 3)
+    return fail(exc)
 
 
 def load_pipeline(config: Path, *, model: str | None, no_cache: bool, cache: Path | None,
