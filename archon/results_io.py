@@ -54,6 +54,35 @@ def _set_aside_bad_lines(p: Path, bad: list[tuple[int, str]]) -> None:
                  p, len(bad), numbers, aside)
 
 
+LOCK_FILE = ".archon.lock"
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Hold the run directory's writer lock (``filelock``) or refuse at once.
+
+    Two writers on one directory would answer every question twice and duplicate every
+    row. The lock is an OS file lock, so a killed writer releases it and a rerun resumes.
+    """
+    from filelock import FileLock, Timeout
+
+    from archon.errors import ConfigError
+
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(d / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{d} is being written by another archon process (it holds {d / LOCK_FILE})",
+                          hint="wait for that run to finish (then rerun to resume), or give another --out"
+                          ) from None
+    try:
+        yield d
+    finally:
+        lock.release()
+
+
 def read_json_file(path: str | Path, *, what: str) -> Any:
     """A JSON file archon wrote; garbage is a ``ConfigError`` naming the file, not a traceback."""
     from archon.errors import ConfigError

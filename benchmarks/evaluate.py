@@ -51,7 +51,7 @@ from archon.benchmarks.graders import QueryGrade, mean_interval, wilson_interval
 from archon.benchmarks.registry import Benchmark, get_benchmark
 from archon.data import ChatMessage, Query, QueryResult
 from archon.errors import ConfigError
-from archon.results_io import append_jsonl, read_json_file, read_jsonl
+from archon.results_io import append_jsonl, lock_run_dir, read_json_file, read_jsonl
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -377,9 +377,10 @@ def evaluate(
         ids = [it.id for it in selected]
         if len(set(ids)) != len(ids):
             raise ConfigError("benchmark items have duplicate ids")
-        return _evaluate(pipe, bench, Path(out_dir), selected, split=split, limit=limit, seed=seed,
-                         custom_items=items is not None, batch_size=batch_size, progress=progress,
-                         pipeline_meta=pipeline_meta or {})
+        with lock_run_dir(out_dir):
+            return _evaluate(pipe, bench, Path(out_dir), selected, split=split, limit=limit, seed=seed,
+                             custom_items=items is not None, batch_size=batch_size, progress=progress,
+                             pipeline_meta=pipeline_meta or {})
     finally:
         if own:
             pipe.close()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 from scripted import scripted_router
 
 from archon.backends.cache import CallCache
@@ -389,3 +391,39 @@ def test_cmaes_is_single_objective_only(tmp_path):
     search, _ = make_search(tmp_path, sampler="cmaes", multi_objective=True)
     with pytest.raises(ConfigError, match="single-objective"):
         search.optimize()
+
+
+@pytest.mark.reliability
+def test_a_dead_workers_trial_is_failed_on_start_even_when_the_target_is_reached(tmp_path):
+    first, _ = make_search(tmp_path, trials=2, storage=True, heartbeat_s=1)
+    first.optimize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        killed = first.study.ask()  # a worker killed mid-trial: RUNNING, its heartbeat stops
+        first.study._storage.record_heartbeat(killed._trial_id)
+    time.sleep(3.5)  # past the grace period (3 heartbeats)
+    again, _ = make_search(tmp_path, trials=2, storage=True, heartbeat_s=1)
+    assert again.remaining() == 0
+    again.optimize()
+    states = {t.number: t.state for t in again.study.get_trials(deepcopy=False)}
+    assert states[killed.number] == TrialState.FAIL
+
+
+@pytest.mark.reliability
+def test_two_workers_never_exceed_the_target(tmp_path):
+    a, _ = make_search(tmp_path, trials=3, storage=True)
+    a.settings.trials = 2
+    a.optimize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        in_flight = a.study.ask()  # worker A is running the 3rd trial right now
+    a.settings.trials = 3
+    assert a._admit(in_flight)
+    b, _ = make_search(tmp_path, trials=3, storage=True)  # worker B starts meanwhile
+    assert b.remaining() == 1
+    b.optimize()
+    assert len(b.finished()) == 2  # B saw A's trial and ran none
+    surplus = [t for t in b.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "surplus"]
+    assert len(surplus) == 1 and surplus[0].state == TrialState.FAIL
+    a.study.tell(in_flight, 0.5)
+    assert len(a.finished()) == 3  # exactly the target
