@@ -26,9 +26,12 @@ _log = logging.getLogger("archon.cache")
 _SCHEMA = "CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
-def sample_key(request: GenerationRequest, index: int) -> str:
+def sample_key(request: GenerationRequest, index: int, identity: dict[str, str | None] | None = None) -> str:
+    """``identity`` (``ModelSpec.identity``) keys on what answers, so pointing a model name at
+    other weights (``api_model``, ``path``) never serves the old model's samples."""
     payload = {
         "model": request.model,
+        "identity": identity,
         "prompt": request.prompt,
         "messages": [[m.role, m.content] for m in request.messages] if request.messages else None,
         "prefix": request.assistant_prefix,
