@@ -197,7 +197,8 @@ def make_storage(url: str | None, heartbeat_s: float = 10.0) -> optuna.storages.
     if sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; they are what resumes
+        # Workers starting together on a new SQLite file would race to create its schema.
+        with _admission_lock(url), warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
                 url, heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(2, round(3 * heartbeat_s)),

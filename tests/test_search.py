@@ -427,3 +427,24 @@ def test_two_workers_never_exceed_the_target(tmp_path):
     assert len(surplus) == 1 and surplus[0].state == TrialState.FAIL
     a.study.tell(in_flight, 0.5)
     assert len(a.finished()) == 3  # exactly the target
+
+
+@pytest.mark.reliability
+def test_two_real_worker_processes_finish_exactly_the_target(tmp_path):
+    import subprocess
+
+    worker = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(Path(__file__).parent)!r}]\n"
+        "from pathlib import Path\n"
+        "from test_search import make_search\n"
+        f"search, _ = make_search(Path({str(tmp_path)!r}), trials=6, storage=True)\n"
+        "search.optimize()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", worker], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    done, _ = make_search(tmp_path, trials=6, storage=True)
+    assert len(done.finished()) == 6
+    assert all(t.state != TrialState.RUNNING for t in done.study.get_trials(deepcopy=False))
