@@ -99,67 +99,7 @@ def test_registered_and_step_params_validate():
         ParticleSteering(temperature=0.0)
 
 
-# -- SpecReason --------------------------------------------------------------------------------
-
-def specreason_responder(req, i):
-    if is_judge(req):
-        latest = user_text(req).split("Latest step:\n", 1)[1]
-        return digit(2) if "bad" in latest else digit(8)
-    n = req.assistant_prefix.count("\n\n")
-    if req.model == "big":
-        return "big first step" if n == 0 else "big fixed step \\boxed{4}"
-    return {1: "good draft step", 2: "bad draft step"}.get(n, "small step")
-
-
-def test_specreason_accepts_rewrites_and_counts():
-    router, backends, log = steps_router(specreason_responder, models=("small", "big"))
-    tech = SpecReason(drafter="small", model="big", threshold=7, first_n_large=1)
-    (result,) = run(tech, router)
-    assert [(m, k) for m, k, _ in log] == [
-        ("big", "step"),                      # step 1: first_n_large
-        ("small", "step"), ("big", "judge"),  # step 2: draft, judged 8 >= 7: kept
-        ("small", "step"), ("big", "judge"),  # step 3: draft, judged 2: rejected
-        ("big", "step"),                      # ... and rewritten by the large model
-    ]
-    draft_req, rewrite_req = backends["small"].batches[1][0], backends["big"].batches[-1][0]
-    assert rewrite_req.assistant_prefix == draft_req.assistant_prefix == "big first step\n\ngood draft step\n\n"
-    judge_req = backends["big"].batches[1][0]
-    assert judge_req.top_logprobs == 10 and judge_req.temperature == 0.0
-    cand = result.candidates[0]
-    assert cand.text == "big first step\n\ngood draft step\n\nbig fixed step \\boxed{4}"
-    assert result.final_answer == "4"
-    md = cand.metadata
-    assert (md["steps_large_first"], md["steps_drafted"], md["steps_accepted"], md["steps_rewritten"]) == (1, 2, 1, 1)
-    assert md["tokens_drafter"] == len("good draft step") // 4 + len("bad draft step") // 4
-    assert md["tokens_large"] == len("big first step") // 4 + len("big fixed step \\boxed{4}") // 4
-    assert md["tokens_judge"] == 2 and md["acceptance_rate"] == 0.5 and md["finish"] == "answer"
-    assert any(n.startswith("specreason: 3 steps") for n in notes(result))
-
-
-@pytest.mark.parametrize(("mode", "answer"), [("greedy", "1"), ("weighted", "2")])
-def test_specreason_score_mode(mode, answer):
-    def respond(req, i):
-        if is_judge(req):
-            return digit({7: 0.4, 0: 0.35, 1: 0.25})  # greedy 7 (keep), weighted 3.05 (reject)
-        return "draft \\boxed{1}" if req.model == "small" else "large \\boxed{2}"
-
-    router, _, _ = steps_router(respond, models=("small", "big"))
-    (result,) = run(SpecReason(drafter="small", model="big", score_mode=mode), router)
-    assert result.final_answer == answer
-
-
-def test_specreason_batches_queries():
-    def respond(req, i):
-        if is_judge(req):
-            return digit(9)
-        n = req.assistant_prefix.count("\n\n")
-        return "step" if n < 2 else "done \\boxed{1}"
-
-    router, _, log = steps_router(respond, models=("small", "big"))
-    results = run(SpecReason(drafter="small", model="big"), router, queries=["a", "b", "c"])
-    assert all(r.final_answer == "1" for r in results)
-    assert log == [("small", "step", 3), ("big", "judge", 3)] * 3
-    assert [c.requests for c in router.calls] == [3] * 6
+# SpecReason: tests/test_speculative.py
 
 
 # -- particle steering -------------------------------------------------------------------------
@@ -433,7 +373,7 @@ def endless(req, i):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: SpecReason(max_steps=8, max_tokens=40),
+    lambda: SpecReason(max_steps=8, max_tokens=40, stop_on_repeat=False),
     lambda: ParticleSteering(particles=2, max_steps=8, max_tokens=40),
     lambda: BeamSearch(beam_width=2, expand=2, max_steps=8, max_tokens=40),
     lambda: SolveDetectVerify(max_steps=8, max_tokens=40, max_rounds=0),
