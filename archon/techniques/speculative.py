@@ -71,7 +71,8 @@ class SpecReasonParams(StepParams):
     temperature: float | None = Field(0.6, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int | None = Field(512, ge=1, description="most tokens in one step")
-    max_steps: int | None = Field(None, ge=1, description="most steps in one trace (null: no cap)")  # type: ignore[assignment]
+    max_steps: int | None = Field(  # type: ignore[assignment]
+        None, ge=1, description="most steps in one trace (null: no cap)")
     max_total_tokens: int | None = Field(8192, ge=1, description="most completion tokens in one trace")
 
 
@@ -122,7 +123,8 @@ class SpecReason(StepTechnique):
 
     def extend(self, trace: Trace, sample: Sample | None) -> Trace:
         new = trace.extend(sample, self.params.max_steps or sys.maxsize, self.params.max_total_tokens)
-        if self.params.stop_on_repeat and not new.done and len(new) > 2 and new.steps[-1].strip() == new.steps[-2].strip():
+        repeated = len(new) > 2 and new.steps[-1].strip() == new.steps[-2].strip()
+        if self.params.stop_on_repeat and not new.done and repeated:
             new = new.stopped("repeated")
         return new
 
