@@ -79,7 +79,7 @@ def test_two_turn_writes_the_prompt_then_scores_with_it():
     def reply(rnd, i, req):
         return generated if rnd == 0 else "Doc: 2, Relevance: 11.4\nDoc: 1, Relevance: 3.5"
 
-    out, rounds, notes = drive(Rerank(), cands(2), reply, question="Latest treatments?")  # two_turn is the default
+    out, rounds, _ = drive(Rerank(), cands(2), reply, question="Latest treatments?")  # two_turn is the default
     assert [len(r) for r in rounds] == [1, 1]
     meta = rounds[0][0].messages[-1].content
     assert meta.rstrip().endswith("Latest treatments?") and "{context_str}" in meta
