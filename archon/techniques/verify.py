@@ -39,6 +39,8 @@ class VerifyParams(TechniqueParams):
     reasoning_system: str = Field(ARCHON_REASONING_SYSTEM, description="system prompt of the reasoning call "
                                                                        "(reason_then_verdict)")
     max_retries: int = Field(2, ge=0, le=10, description="reason_then_verdict: re-asks for an unreadable verdict")
+    reasoning_template: str | None = Field(None, description="jinja2 file overriding verify_reasoning.j2 "
+                                                             "(prompt_template overrides the verdict prompt)")
 
 
 def parse_bracket_verdict(text: str) -> bool | None:
@@ -100,7 +102,7 @@ class Verify(Technique):
         question = ctx.query.question_text()
         reasoning_history = (Message("system", p.reasoning_system),) if p.reasoning_system else None
         requests = [self.request(ctx, "", history=(*(reasoning_history or ()), Message(
-            "user", prompts.render("verify_reasoning.j2", None, question=question, candidate=c.text))))
+            "user", prompts.render("verify_reasoning.j2", p.reasoning_template, question=question, candidate=c.text))))
                     for c in inputs]
         results = yield list(requests)
         reasonings = [first_text(res) for res in results]
