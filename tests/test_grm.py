@@ -109,3 +109,16 @@ def test_other_aggregates_still_available(aggregate):
         assert values == pytest.approx([sum(s[r] for s in kept) / 3 for r in range(3)])
     else:
         assert values == pytest.approx([sum(s[r] == max(s) for s in kept) / 3 for r in range(3)])
+
+
+@pytest.mark.slow
+def test_meta_rm_guided_voting_on_the_embedded_model(embedded_router):
+    """The whole flow on a real engine: k judgments, an LLM judge as meta-RM, k_meta kept."""
+    notes: list[str] = []
+    scorer = GenerativeRewardScorer(samples=2, max_tokens=24, k_meta=1,
+                                    meta_rm={"type": "judge", "max_tokens": 8})
+    values = run_program(scorer.score("What is 2 + 3?", ["5", "6"],
+                                      ScoreContext(model="embedded", max_tokens=24, note=notes.append)),
+                         embedded_router)
+    assert len(values) == 2  # numbers, or nan with a note when the tiny model writes no score list
+    assert all(not math.isnan(v) for v in values) or notes

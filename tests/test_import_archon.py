@@ -478,8 +478,11 @@ def test_converted_pipelines_run_on_the_embedded_model(embedded_router):
         [gen("a", samples=2)], [comp("critic")], [comp("ranker", top_k=1, use_critiques=True)]]}, model_map=EMBED)
     moa = convert_archon({"name": "moa", "layers": [
         [gen("a"), gen("b")], [comp("fuser"), comp("fuser", "b")]]}, model_map=EMBED)
+    verify = convert_archon({"name": "verify", "layers": [[gen("a", samples=2)], [comp("verifier")]]},
+                            model_map=EMBED)  # Archon's two-call verifier
     for result, nodes in ((critic_rank, ["l0_generate_0", "l1_critique_0", "l2_rank_0", "select"]),
-                          (moa, ["l0_generate_0", "l0_generate_1", "l1_fuse_0", "l1_fuse_1", "select"])):
+                          (moa, ["l0_generate_0", "l0_generate_1", "l1_fuse_0", "l1_fuse_1", "select"]),
+                          (verify, ["l0_generate_0", "l1_verify_0", "select"])):
         _shrink(result, 8)
         pipe = Pipeline.from_config(result.pipeline_config(), router=embedded_router)
         out = pipe.run("What is 2 + 3?")
