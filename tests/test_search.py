@@ -448,3 +448,13 @@ def test_two_real_worker_processes_finish_exactly_the_target(tmp_path):
     done, _ = make_search(tmp_path, trials=6, storage=True)
     assert len(done.finished()) == 6
     assert all(t.state != TrialState.RUNNING for t in done.study.get_trials(deepcopy=False))
+
+
+@pytest.mark.reliability
+def test_a_search_space_imports_no_module_it_does_not_list(tmp_path, monkeypatch):
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "space_mod.py").write_text(f"open({str(marker)!r}, 'w').write('side effect')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="plugins"):
+        parse_space({**TINY, "generate": {**TINY["generate"], "technique": "space_mod:Gen"}})
+    assert not marker.exists()
