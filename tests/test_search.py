@@ -401,7 +401,7 @@ def test_a_dead_workers_trial_is_failed_on_start_even_when_the_target_is_reached
         warnings.simplefilter("ignore")
         killed = first.study.ask()  # a worker killed mid-trial: RUNNING, its heartbeat stops
         first.study._storage.record_heartbeat(killed._trial_id)
-    time.sleep(3.5)  # past the grace period (3 heartbeats)
+    time.sleep(4.5)  # past the grace period (3 heartbeats; SQLite timestamps have 1 s resolution)
     again, _ = make_search(tmp_path, trials=2, storage=True, heartbeat_s=1)
     assert again.remaining() == 0
     again.optimize()
