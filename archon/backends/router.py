@@ -109,7 +109,8 @@ class ModelRouter:
         for r in requests:
             self.registry.get(r.model)  # fail before any call on an unknown model
         plan = _GenerationPlan(list(requests), tags)
-        plan.keys = [[sample_key(r, r.sample_offset + i) for i in range(r.n)] for r in requests]
+        identities = {m: self.registry.get(m).identity(m) for m in {r.model for r in requests}}
+        plan.keys = [[sample_key(r, r.sample_offset + i, identities[r.model]) for i in range(r.n)] for r in requests]
         plan.samples = [{} for _ in requests]
         hits = [0] * len(requests)
         if self.cache is not None:
