@@ -8,8 +8,6 @@ layer's nodes read every node of the layer before, Archon's shape).
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from archon.backends.registry import ModelRegistry, ModelSpec
 from archon.engine.budget import Budget
 from archon.engine.graph import PipelineGraph
 from archon.errors import ConfigError
+from archon.registry import suggest
 from archon.techniques import TECHNIQUES
 from archon.techniques.base import Defaults, Technique
 
@@ -100,11 +99,6 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _suggest(word: str, options: list[str]) -> str | None:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"did you mean `{close[0]}`?" if close else None
-
-
 class _Source:
     def __init__(self, file: str | None, root: yaml.Node | None) -> None:
         self.file = file
@@ -121,7 +115,7 @@ def _from_validation(src: _Source, exc: ValidationError, prefix: tuple[Any, ...]
     if err["type"] == "extra_forbidden":
         key = str(loc[-1])
         options = allowed or []
-        hint = _suggest(key, options) or (f"allowed keys: {', '.join(options)}" if options else None)
+        hint = suggest(key, options) or (f"allowed keys: {', '.join(options)}" if options else None)
         return src.error(f"unknown key {key!r}", loc, hint)
     if err["type"] == "missing":
         return src.error(f"missing required field {loc[-1]!r}", loc)
@@ -162,16 +156,8 @@ def parse_config(data: dict[str, Any], *, file: str | None = None, root: yaml.No
 
 
 def technique_class(name: str) -> type[Technique]:
-    """A packaged technique by name, or ``package.module:Class`` for your own."""
-    if name in TECHNIQUES:
-        return TECHNIQUES[name]
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        cls = getattr(importlib.import_module(module), attr)
-        if not (isinstance(cls, type) and issubclass(cls, Technique)):
-            raise TypeError(f"{name} is not a Technique subclass")
-        return cls
-    raise KeyError(name)
+    """A packaged technique by name, or ``package.module:Class`` for your own (ConfigError if neither)."""
+    return TECHNIQUES.resolve(name)
 
 
 def build_graph(config: PipelineConfig, *, file: str | None = None, root: yaml.Node | None = None,
@@ -205,9 +191,10 @@ def build_graph(config: PipelineConfig, *, file: str | None = None, root: yaml.N
             raise src.error(f"duplicate node id {node.id!r}", (*loc, "id"), "node ids must be unique")
         try:
             cls = technique_class(node.technique)
-        except (KeyError, ImportError, AttributeError, TypeError):
-            raise src.error(f"unknown technique {node.technique!r}", (*loc, "technique"),
-                            _suggest(node.technique, list(TECHNIQUES))
+        except ConfigError as exc:
+            message = exc.message if ":" in node.technique else f"unknown technique {node.technique!r}"
+            raise src.error(message, (*loc, "technique"),
+                            suggest(node.technique, list(TECHNIQUES))
                             or f"known techniques: {', '.join(TECHNIQUES)}") from None
         params = node.params()
         try:
@@ -220,7 +207,7 @@ def build_graph(config: PipelineConfig, *, file: str | None = None, root: yaml.N
         for model in technique.models(config.defaults.to_defaults()):
             if model not in registry:
                 raise src.error(f"unknown model {model!r}", loc,
-                                _suggest(model, registry.names())
+                                suggest(model, registry.names())
                                 or f"define it under `models:` (known: {', '.join(registry.names())})")
         techniques[node.id] = technique
         inputs_of[node.id] = inputs

@@ -30,6 +30,9 @@ class ModelSpec(BaseModel):
     parameters: float | None = Field(None, description="parameter count, for FLOPs = 2 x parameters x tokens")
     chat_format: Literal["gemma", "server"] | None = Field(
         None, description="how chat messages become a prompt for llama_cpp models without a template")
+    task: Literal["generate", "reward"] = Field(
+        "generate", description="reward: a reward / process reward model (vLLM's pooling runner), read by "
+                                "`scorer: {type: reward_model, model: NAME}`")
     dtype: str = "auto"
     tensor_parallel_size: int = 1
     max_model_len: int | None = 4096

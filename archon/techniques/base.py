@@ -18,11 +18,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from archon.backends.types import GenerationRequest, GenerationResult, Message, ScoreRequest, ScoreResult
+from archon.backends.types import GenerationRequest, GenerationResult, Message, Sample
 from archon.data import Candidate, Query
+from archon.scoring.base import ModelRequest, ModelResult, ScoreContext
 
-ModelRequest = GenerationRequest | ScoreRequest
-ModelResult = GenerationResult | ScoreResult
 Program = Generator[list[ModelRequest], list[ModelResult], list[Candidate]]
 
 
@@ -59,6 +58,8 @@ class NodeContext:
     defaults: Defaults
     rng: random.Random
     notes: list[str] = field(default_factory=list)
+    step_scores: dict[tuple[str, ...], float] = field(default_factory=dict)
+    """Per-step scores already computed for this query, by step prefix (step searches)."""
 
     def note(self, message: str) -> None:
         self.notes.append(message)
@@ -118,6 +119,16 @@ class Technique(ABC):
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
+
+    def score_context(self, ctx: NodeContext, *, samples: Sequence[Sample | None] | None = None,
+                      prior: Sequence[Sequence[float]] | None = None) -> ScoreContext:
+        """What a scorer run by this node may use: the node's model, seed, token limit, system
+        prompt and trace notes (plus the candidates' generations and known step scores)."""
+        p = self.params
+        return ScoreContext(model=p.model or ctx.defaults.model, seed=ctx.defaults.seed,
+                            max_tokens=p.max_tokens or ctx.defaults.max_tokens,
+                            system=p.system if p.system is not None else ctx.defaults.system,
+                            samples=samples, prior=prior, note=ctx.note)
 
     def describe(self) -> dict[str, Any]:
         return {"technique": self.name, **self.params.model_dump(exclude_defaults=True)}

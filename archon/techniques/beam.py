@@ -105,7 +105,7 @@ class BeamSearch(StepTechnique):
             if not expansions:
                 ctx.note(f"beam: step {step + 1} skipped (budget)")
                 break
-            rewards = yield from self.step_rewards(ctx, question, [e.trace.text for e in expansions], samples)
+            rewards = yield from self.step_rewards(ctx, question, [e.trace for e in expansions], samples)
             for e, r in zip(expansions, rewards, strict=True):
                 if is_nan(r):
                     missing += 1
@@ -133,7 +133,8 @@ class BeamSearch(StepTechnique):
             out.append(Candidate(text=text, answer=extract_final_answer(text), node=ctx.node_id, model=model,
                                  scores={} if is_nan(b.score(how)) else {"reward": b.score(how)},
                                  metadata={"subtree": b.subtree, "steps": len(b.trace), "finish": b.trace.finish,
-                                           "rewards": b.rewards}))
+                                           "rewards": b.rewards, "step_scores": self.step_scores(ctx, b.trace),
+                                           "score_key": "reward"}))
         if not out:
             ctx.note("beam: no beam wrote a step")
         return out

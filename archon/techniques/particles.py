@@ -181,7 +181,7 @@ class ParticleSteering(StepTechnique):
                 else:
                     moved.append((i, sample))
             if moved:
-                rewards = yield from self.step_rewards(ctx, question, [parts[i].trace.text for i, _ in moved],
+                rewards = yield from self.step_rewards(ctx, question, [parts[i].trace for i, _ in moved],
                                                        [s for _, s in moved])
                 for (i, _), r in zip(moved, rewards, strict=True):
                     if is_nan(r):
@@ -216,7 +216,8 @@ class ParticleSteering(StepTechnique):
             cands.append(Candidate(text=text, answer=extract_final_answer(text), node=ctx.node_id, model=model,
                                    scores={"weight": w} if is_nan(reward) else {"reward": reward, "weight": w},
                                    metadata={"particle": i, "ancestors": pt.ancestors, "steps": len(pt.trace),
-                                             "finish": pt.trace.finish, "rewards": pt.rewards}))
+                                             "finish": pt.trace.finish, "rewards": pt.rewards,
+                                             "step_scores": self.step_scores(ctx, pt.trace), "score_key": "reward"}))
         if not any(c.text for c in cands):
             ctx.note("particles: no particle wrote a step")
             return []

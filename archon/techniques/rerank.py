@@ -21,10 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from archon import prompts
 from archon.data import Candidate
-from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams, first_text
-from archon.verifiers.scorers import order_by_score
-
-NAN = float("nan")
+from archon.scoring import NAN, OptionalScorerField, order_by_score
+from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams, first_text
+from archon.techniques.score import score_candidates
 
 
 class Criterion(BaseModel):
@@ -59,6 +58,8 @@ class RerankParams(TechniqueParams):
                                 "query-specific criteria and weights")
     max_criteria: int = Field(5, ge=1, le=10, description="most criteria accepted from the proposal (two_turn)")
     top_k: int | None = Field(3, ge=1, description="how many candidates to keep (null: all, reordered)")
+    scorer: OptionalScorerField = Field(None, description="rerank by this scorer instead of the criteria prompt "
+                                                          "(e.g. a reward model)")
 
 
 def _pattern(name: str) -> re.Pattern[str]:
@@ -110,10 +111,20 @@ class Rerank(Technique):
     description = "REBEL multi-criteria reranking: weighted per-criterion LLM scores, keep top-k"
     params: RerankParams
 
+    def models(self, defaults: Defaults) -> list[str]:
+        if self.params.scorer is None:
+            return super().models(defaults)
+        return list(self.params.scorer.models(self.params.model or defaults.model))
+
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if not inputs:
             ctx.note("no candidates to rerank")
             return []
+        if self.params.scorer is not None:
+            key = self.params.scorer.key
+            scored = yield from score_candidates(self, ctx, inputs, self.params.scorer, key)
+            ranked = [scored[i] for i in order_by_score([c.scores.get(key) for c in scored])]
+            return ranked if self.params.top_k is None else ranked[: self.params.top_k]
         question = ctx.query.question_text()
         criteria = list(self.params.criteria)
         if self.params.mode == "two_turn":
@@ -151,7 +162,8 @@ class Rerank(Technique):
             values.append(value)
             if parsed:
                 extra = {f"criteria.{n.replace(' ', '_')}": v for n, v in parsed.items()}
-                scored.append(cand.derive(scores={**cand.scores, **extra, "criteria": value}))
+                scored.append(cand.derive(scores={**cand.scores, **extra, "criteria": value},
+                                          metadata={**cand.metadata, "score_key": "criteria"}))
             else:
                 scored.append(cand)
         ranked = [scored[i] for i in order_by_score(values)]

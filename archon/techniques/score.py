@@ -1,10 +1,10 @@
 """Scoring with a scorer: ``score`` attaches a number to every candidate, ``best_of_n``
 keeps the top k.
 
-The scorer is any ``archon.verifiers.scorers.Scorer`` (an LLM judge, a pairwise judge,
-DeepSeek-GRM, a log-probability, or a reward model over HTTP), written in YAML as
-``scorer: {type: judge, model: embedded}``. Its requests go out in the node's rounds, so
-the engine batches them across queries like any other call.
+The scorer is any ``archon.scoring`` scorer (an LLM judge, a pairwise judge, DeepSeek-GRM,
+a log-probability, a token-probability PRM, or a reward model served by vLLM), written in
+YAML as ``scorer: {type: judge, model: embedded}``. Its requests go out in the node's
+rounds, so the engine batches them across queries like any other call.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from archon.data import Candidate
+from archon.scoring import Scorer, ScorerField, is_missing, make_scorer, order_by_score
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams
-from archon.verifiers.scorers import ScoreContext, Scorer, ScorerField, is_missing, make_scorer, order_by_score
 
 
 def _default_judge() -> Scorer:
@@ -22,9 +22,25 @@ def _default_judge() -> Scorer:
 
 class ScoreParams(TechniqueParams):
     scorer: ScorerField = Field(default_factory=_default_judge,
-                                description="the scorer, e.g. {type: judge} / pairwise / grm / logprob / reward_model")
+                                description="the scorer, e.g. {type: judge} / pairwise / grm / logprob / token_prm / "
+                                            "reward_model")
     key: str | None = Field(None, description="score name on the candidates (default: the scorer's own, "
-                                              "e.g. judge, pairwise, grm, logprob, reward)")
+                                              "e.g. judge, pairwise, grm, logprob, prm, reward)")
+
+
+def score_candidates(tech: Technique, ctx: NodeContext, inputs: list[Candidate], scorer: Scorer,
+                     key: str) -> Program:
+    """Every input with ``scores[key]`` (and ``metadata.score_key``) where the scorer produced
+    a number; the order is kept. Shared by every technique that takes a ``scorer:``."""
+    if not inputs:
+        return []
+    values = yield from scorer.score(ctx.query.question_text(), [c.text for c in inputs], tech.score_context(ctx))
+    missing = sum(1 for v in values if is_missing(v))
+    if missing:
+        ctx.note(f"{missing} of {len(inputs)} candidates got no {key!r} score")
+    return [c if is_missing(v) else c.derive(scores={**c.scores, key: float(v)},
+                                             metadata={**c.metadata, "score_key": key})
+            for c, v in zip(inputs, values, strict=True)]
 
 
 class Score(Technique):
@@ -41,20 +57,10 @@ class Score(Technique):
         return self.params.key or self.params.scorer.key
 
     def scored(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
-        """Every input with ``scores[key]`` attached where the scorer produced a number."""
         if not inputs:
             ctx.note("no candidates to score")
             return []
-        values = yield from self.params.scorer.score(ctx.query.question_text(), [c.text for c in inputs],
-                                                     ScoreContext.for_node(ctx, self.params))
-        if len(values) != len(inputs):
-            raise ValueError(f"scorer returned {len(values)} scores for {len(inputs)} candidates")
-        missing = sum(1 for v in values if is_missing(v))
-        if missing:
-            ctx.note(f"{missing} of {len(inputs)} candidates got no {self.key!r} score")
-        out = [c if is_missing(v) else c.derive(scores={**c.scores, self.key: float(v)})
-               for c, v in zip(inputs, values, strict=True)]
-        return out
+        return (yield from score_candidates(self, ctx, inputs, self.params.scorer, self.key))
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         return (yield from self.scored(ctx, inputs))
