@@ -38,7 +38,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from archon.backends.registry import EMBEDDED_NAME, ModelSpec
-from archon.config import DefaultsConfig, _line_of, _path, _suggest, read_yaml_file
+from archon.config import DefaultsConfig, _line_of, _path, read_yaml_file
+from archon.registry import suggest as _suggest
 from archon.engine.budget import Budget
 from archon.errors import ConfigError
 

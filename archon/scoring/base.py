@@ -163,10 +163,10 @@ class Scorer(BaseModel, ABC):
 # -- the registry, and scorers as technique parameters ---------------------------------------------
 
 def _is_scorer_type(obj: object) -> bool:
-    return callable(obj)
+    return isinstance(obj, type) and issubclass(obj, Scorer)
 
 
-SCORERS: Registry[Callable[..., Any]] = Registry("scorer", _is_scorer_type)
+SCORERS: Registry[type[Scorer]] = Registry("scorer", _is_scorer_type)
 """Scorer kinds by YAML ``type``. Extend with ``SCORERS.register("mine", MyScorer)``."""
 
 
@@ -174,9 +174,8 @@ def make_scorer(spec: Any) -> Scorer:
     """A scorer from a YAML mapping (``{type: judge, model: embedded, ...}``), a type name,
     ``package.module:Class``, or an existing scorer (returned as is). ``type`` defaults to
     ``judge``; unknown keys are errors."""
-    if isinstance(spec, Scorer) or (hasattr(spec, "score") and hasattr(spec, "models")
-                                    and not isinstance(spec, (dict, str))):
-        return spec  # type: ignore[no-any-return]
+    if isinstance(spec, Scorer):
+        return spec
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict):
@@ -187,15 +186,12 @@ def make_scorer(spec: Any) -> Scorer:
         cls = SCORERS.resolve(kind)
     except ConfigError as exc:
         raise ValueError(f"{exc.message}; {exc.hint}") from None
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        if "type" in cls.model_fields:
-            spec["type"] = cls.model_fields["type"].default
-        scorer = cls.model_validate(spec)
-    else:
-        scorer = cls(**spec)
-    if not (hasattr(scorer, "score") and hasattr(scorer, "models")):
-        raise ValueError(f"{kind}: {type(scorer).__name__} is not a scorer (needs `score` and `models`)")
-    return scorer  # type: ignore[no-any-return]
+    if "type" in cls.model_fields:
+        spec["type"] = cls.model_fields["type"].default
+    scorer = cls.model_validate(spec)
+    if not isinstance(scorer, Scorer):
+        raise ValueError(f"{kind}: {type(scorer).__name__} is not a scorer (subclass archon.scoring.Scorer)")
+    return scorer
 
 
 def scorer_spec(scorer: Any) -> dict[str, Any]:
