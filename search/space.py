@@ -39,9 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from archon.backends.registry import EMBEDDED_NAME, ModelSpec
 from archon.config import DefaultsConfig, _line_of, _path, read_yaml_file
-from archon.registry import suggest as _suggest
 from archon.engine.budget import Budget
 from archon.errors import ConfigError
+from archon.registry import suggest as _suggest
 
 Scalar = str | int | float | bool | None
 

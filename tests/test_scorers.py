@@ -15,7 +15,6 @@ from scripted import ScriptedBackend, scripted_router
 from archon import Pipeline
 from archon.backends.types import GenerationResult, Sample, ScoreResult, TokenLogprob
 from archon.errors import BackendError, ConfigError
-from archon.techniques import Generate, Score
 from archon.scoring import (
     GenerativeRewardScorer,
     LLMJudgeScorer,
@@ -30,6 +29,7 @@ from archon.scoring import (
     scorer_spec,
 )
 from archon.scoring.parsing import expected_digit_score, parse_preference, parse_score, parse_score_list
+from archon.techniques import Generate, Score
 
 
 def user_text(req) -> str:

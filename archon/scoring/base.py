@@ -106,6 +106,11 @@ class Scorer(BaseModel, ABC):
         """One score from per-step scores, by ``aggregation``."""
         return aggregate(step_scores, self.aggregation)
 
+    def split_steps(self, text: str) -> list[str]:
+        """A finished candidate's steps (for process scoring of whole answers, e.g. best-of-N
+        with a PRM): the text split at ``step_separator``, whitespace trimmed."""
+        return [s.strip() for s in text.split(self.step_separator) if s.strip()] or [text.strip()]
+
     def calls_per_candidate(self, candidates: int) -> float:
         """Backend requests per candidate, for the search's cost estimate."""
         return 1.0

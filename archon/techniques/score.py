@@ -34,13 +34,25 @@ def score_candidates(tech: Technique, ctx: NodeContext, inputs: list[Candidate],
     a number; the order is kept. Shared by every technique that takes a ``scorer:``."""
     if not inputs:
         return []
-    values = yield from scorer.score(ctx.query.question_text(), [c.text for c in inputs], tech.score_context(ctx))
+    question, texts = ctx.query.question_text(), [c.text for c in inputs]
+    per_step: list[list[float]] | None = None
+    if scorer.process:  # a PRM scores each step of a finished answer; its aggregation makes the score
+        per_step = yield from scorer.score(question, texts, tech.score_context(ctx),
+                                           steps=[scorer.split_steps(t) for t in texts])
+        values = [scorer.reduce_steps(row) for row in per_step]
+    else:
+        values = yield from scorer.score(question, texts, tech.score_context(ctx))
     missing = sum(1 for v in values if is_missing(v))
     if missing:
         ctx.note(f"{missing} of {len(inputs)} candidates got no {key!r} score")
-    return [c if is_missing(v) else c.derive(scores={**c.scores, key: float(v)},
-                                             metadata={**c.metadata, "score_key": key})
-            for c, v in zip(inputs, values, strict=True)]
+    out = []
+    for i, (c, v) in enumerate(zip(inputs, values, strict=True)):
+        if is_missing(v):
+            out.append(c)
+            continue
+        extra = {"step_scores": per_step[i]} if per_step is not None else {}
+        out.append(c.derive(scores={**c.scores, key: float(v)}, metadata={**c.metadata, "score_key": key, **extra}))
+    return out
 
 
 class Score(Technique):
