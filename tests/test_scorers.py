@@ -227,7 +227,7 @@ def test_make_scorer_types_aliases_and_errors():
     judge = LLMJudgeScorer(samples=2)
     assert make_scorer(judge) is judge
     assert scorer_spec(judge) == {"type": "judge", "samples": 2}
-    with pytest.raises(ValueError, match="unknown scorer 'juge'.*did you mean `judge`"):
+    with pytest.raises(ValueError, match=r"unknown scorer 'juge'.*did you mean `judge`"):
         make_scorer({"type": "juge"})
     with pytest.raises(ValueError, match="scale_maxx"):
         make_scorer({"type": "judge", "scale_maxx": 5})

@@ -295,3 +295,28 @@ def test_fresh_interpreter_imports_scoring_without_cycle_or_graders():
         out = subprocess.run([sys.executable, "-c", f"import {first}\n" + code], capture_output=True, text=True,
                              cwd=REPO, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == "ok", (first, out.stderr[-2000:])
+
+
+# -- the real embedded model as a token-probability PRM (slow; shape and definitions, not accuracy) --
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [
+    lambda prm: BeamSearch(beam_width=2, expand=2, max_steps=2, max_tokens=12, scorer=prm),
+    lambda prm: ParticleSteering(particles=3, max_steps=2, max_tokens=12, lam=1.0, scorer=prm),
+], ids=["beam", "particles"])
+def test_embedded_model_as_token_prm_in_step_searches(make, embedded_router):
+    for how in ("last", "min", "prod"):
+        tech = make({"type": "token_prm", "aggregation": how})
+        result = Pipeline({"n": tech}, {}, router=embedded_router).run("What is 3 + 4?")
+        assert result.error is None and result.candidates
+        rewards = []
+        for c in result.candidates:
+            scores = c.metadata["step_scores"]
+            assert len(scores) == c.metadata["steps"] >= 1  # a score for every step
+            assert all(0.0 < s < 1.0 for s in scores)  # P(" Yes") / (P(" Yes") + P(" No"))
+            assert c.scores["reward"] == pytest.approx(aggregate(scores, how))
+            rewards.append(aggregate(scores, how))
+        assert rewards == sorted(rewards, reverse=True), how  # ranked by the aggregation's definition
+        calls = [call for t in result.trace for call in t.calls]
+        assert any(call.n == 2 for call in calls)  # the (" Yes", " No") score requests are in the trace
+        assert result.usage_by_node["n"]["prompt_tokens"] > 0

@@ -259,7 +259,8 @@ def test_one_backend_request_per_model_per_step_for_all_queries_and_particles():
         return f"step s{req.seed}"
 
     router, _, log = steps_router(respond, models=("gen", "prm"))
-    tech = ParticleSteering(model="gen", scorer={"type": "judge", "mode": "digit", "model": "prm"}, particles=4, max_steps=3)
+    tech = ParticleSteering(model="gen", particles=4, max_steps=3,
+                            scorer={"type": "judge", "mode": "digit", "model": "prm"})
     results = run(tech, router, queries=["q1", "q2", "q3"])
     assert all(len(r.candidates) == 4 for r in results)
     assert log == [("gen", "step", 12), ("prm", "judge", 12)] * 3
@@ -475,7 +476,8 @@ def test_self_logprob_reward_needs_no_extra_call():
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [
     lambda: SpecReason(max_steps=2, max_tokens=12, threshold=5),
-    lambda: ParticleSteering(particles=2, max_steps=2, max_tokens=12, scorer={"type": "judge", "mode": "yes_no"}),  # the ScoreRequest path
+    lambda: ParticleSteering(particles=2, max_steps=2, max_tokens=12,
+                             scorer={"type": "judge", "mode": "yes_no"}),  # the ScoreRequest path
     lambda: BeamSearch(beam_width=2, expand=1, max_steps=2, max_tokens=12),
     lambda: SolveDetectVerify(max_steps=2, max_tokens=12, fast_checks=2, slow_checks=1, slow_max_tokens=12,
                               max_rounds=0, answer_max_tokens=6),
