@@ -9,6 +9,7 @@ probabilities with an independent forward pass of the same weights in transforme
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -134,13 +135,17 @@ def test_vllm_prm_guides_step_searches(make, prm_router):
 class VllmServer(LlamaServer):
     """``python -m vllm.entrypoints.openai.api_server`` for a pooling model (stops on SIGINT)."""
 
-    def __init__(self, model_dir: str, name: str = "prm") -> None:
+    def __init__(self, model_dir: str, name: str = "prm", step_tag_id: int | None = None) -> None:
         super().__init__(alias=name, port=free_port(), model_path=model_dir, ready_timeout_s=420.0)
+        self.step_tag_id = step_tag_id
 
     def command(self) -> list[str]:
+        # A PRM whose step tag is not Qwen's <extra_0> (id 151651) names its tag id on the server.
+        pooler = ["--pooler-config", json.dumps({"step_tag_id": self.step_tag_id})] if self.step_tag_id else []
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
                 "--served-model-name", self.alias, "--runner", "pooling", "--host", "127.0.0.1",
-                "--port", str(self.port), "--max-model-len", "512", "--enforce-eager", "--dtype", "float32"]
+                "--port", str(self.port), "--max-model-len", "512", "--enforce-eager", "--dtype", "float32",
+                *pooler]
 
     def stop(self, grace_s: float = 20.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -155,7 +160,10 @@ class VllmServer(LlamaServer):
 @pytest.mark.server
 def test_vllm_prm_server_pooling_endpoint_matches_in_process(prm_dir, prm_router):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    with VllmServer(str(prm_dir)) as server:
+    from transformers import AutoTokenizer
+
+    tag_id = AutoTokenizer.from_pretrained(prm_dir).convert_tokens_to_ids(STEP_TAG)
+    with VllmServer(str(prm_dir), step_tag_id=tag_id) as server:
         router = ModelRouter(registry=ModelRegistry({"prm": ModelSpec(
             backend="openai", base_url=server.base_url, task="reward", parameters=PARAMS)}))
         try:
