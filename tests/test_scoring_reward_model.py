@@ -9,6 +9,7 @@ probabilities with an independent forward pass of the same weights in transforme
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,16 +20,16 @@ import pytest
 pytest.importorskip("vllm")
 pytest.importorskip("transformers")
 
-from scripted_steps import StepBackend, step  # noqa: E402
-from servers import LlamaServer, free_port  # noqa: E402
-from tiny_prm import STEP_TAG, write_tiny_prm  # noqa: E402
+from scripted_steps import StepBackend, step
+from servers import LlamaServer, free_port
+from tiny_prm import STEP_TAG, write_tiny_prm
 
-from archon import Pipeline  # noqa: E402
-from archon.backends.registry import ModelRegistry, ModelSpec  # noqa: E402
-from archon.backends.router import ModelRouter, default_backend_factory  # noqa: E402
-from archon.scoring import RewardModelScorer, aggregate, run_program  # noqa: E402
-from archon.techniques.beam import BeamSearch  # noqa: E402
-from archon.techniques.particles import ParticleSteering  # noqa: E402
+from archon import Pipeline
+from archon.backends.registry import ModelRegistry, ModelSpec
+from archon.backends.router import ModelRouter, default_backend_factory
+from archon.scoring import RewardModelScorer, aggregate, run_program
+from archon.techniques.beam import BeamSearch
+from archon.techniques.particles import ParticleSteering
 
 pytestmark = pytest.mark.vllm
 
@@ -152,7 +153,7 @@ class VllmServer(LlamaServer):
             self._signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=grace_s)
-            except Exception:  # noqa: BLE001 - fall back to the parent's SIGTERM/SIGKILL
+            except Exception:
                 pass
         super().stop(grace_s=5.0)
 
