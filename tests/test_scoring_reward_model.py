@@ -151,10 +151,8 @@ class VllmServer(LlamaServer):
     def stop(self, grace_s: float = 20.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self._signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(Exception):  # falls back to the parent's SIGTERM / SIGKILL
                 self.proc.wait(timeout=grace_s)
-            except Exception:
-                pass
         super().stop(grace_s=5.0)
 
 

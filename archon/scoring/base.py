@@ -190,7 +190,9 @@ def make_scorer(spec: Any) -> Scorer:
     try:
         cls = SCORERS.resolve(kind)
     except ConfigError as exc:
-        raise ValueError(f"{exc.message}; {exc.hint}") from None
+        raise ValueError(exc.message + (f"; {exc.hint}" if exc.hint else "")) from None
+    if not _is_scorer_type(cls):
+        raise ValueError(f"{kind} is not a scorer (subclass archon.scoring.Scorer)")
     if "type" in cls.model_fields:
         spec["type"] = cls.model_fields["type"].default
     scorer = cls.model_validate(spec)

@@ -3,11 +3,18 @@
 Parsing is lenient (``[2] > [1]``, ``2, 1, 3``, ``Response 2``) and bounded: a reply
 with no usable ranking is asked again at most ``max_retries`` times with a new seed,
 then the input order is kept and the trace says so. No blind paid loops.
+
+``parse: archon`` reads a reply as Archon's ranker does (ScalingIntelligence/Archon
+``Ranker.py``): only its first line, only bracketed identifiers ``[i]``. In both modes an
+identifier named twice counts where it first appears, out-of-range ones are ignored, and
+candidates the reply leaves out follow the ranked ones in their input order: Archon's
+tie-breaking, so equal (unranked) candidates keep the order they came in.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field
 
@@ -26,12 +33,17 @@ class RankParams(TechniqueParams):
     max_retries: int = Field(2, ge=0, le=5, description="re-asks when no ranking can be parsed")
     scorer: OptionalScorerField = Field(None, description="rank by this scorer's scores instead of one listwise "
                                                           "LLM prompt (e.g. {type: pairwise} or a reward model)")
+    parse: Literal["lenient", "archon"] = Field(
+        "lenient", description="lenient: identifiers anywhere in the reply; archon: bracketed ones on its first line")
 
 
-def parse_ranking(text: str, count: int) -> list[int]:
+def parse_ranking(text: str, count: int, mode: str = "lenient") -> list[int]:
     """Zero-based candidate indices in the order the text ranks them (distinct, in range)."""
-    bracketed = re.findall(r"\[(\d+)\]", text)
-    raw = bracketed if bracketed else [next(g for g in m.groups() if g) for m in _ID.finditer(text)]
+    if mode == "archon":
+        raw = re.findall(r"\[(\d+)\]", text.partition("\n")[0])
+    else:
+        bracketed = re.findall(r"\[(\d+)\]", text)
+        raw = bracketed if bracketed else [next(g for g in m.groups() if g) for m in _ID.finditer(text)]
     seen: list[int] = []
     for token in raw:
         idx = int(token) - 1
@@ -71,7 +83,7 @@ class Rank(Technique):
             if text is None:
                 ctx.note("ranking skipped (budget)")
                 break
-            order = parse_ranking(text, len(inputs))
+            order = parse_ranking(text, len(inputs), self.params.parse)
             if order:
                 break
             ctx.note(f"attempt {attempt + 1}: no ranking in reply {text[:80]!r}")
