@@ -14,7 +14,7 @@ from typing import ClassVar
 import pytest
 from scripted import scripted_router
 
-from archon.scoring import Scorer, GenerativeRewardScorer, LLMJudgeScorer, ScoreContext, make_scorer, run_program
+from archon.scoring import GenerativeRewardScorer, LLMJudgeScorer, ScoreContext, Scorer, make_scorer, run_program
 from archon.scoring.grm_vote import Judgment, keep_by_meta, vote
 
 # k = 4 judgments of three responses; the third has no complete score list
