@@ -218,22 +218,29 @@ def build_graph(config: PipelineConfig, *, file: str | None = None, root: yaml.N
 def _override_models(technique: Technique, model: str) -> Technique:
     """``--model NAME``: every call of every node goes to one model.
 
-    Model-valued fields are found by name (``model``, ``*_model``, ``drafter``, ``judge``,
-    ``models``, ``fusers``) and inside scorer specs (a mapping with a ``model`` key), so a
-    technique added later is covered without editing this function.
+    The technique names its model parameters (``Technique.model_params``); scorer
+    parameters (and their nested scorers, e.g. a GRM's meta-RM) with an explicit ``model``
+    are rewritten too.
     """
+    from archon.scoring import Scorer
+
+    def scorer_with(value: Scorer) -> Scorer:
+        updates: dict[str, Any] = {"model": model} if value.model else {}
+        for name in type(value).model_fields:
+            inner = getattr(value, name)
+            if isinstance(inner, Scorer):
+                updates[name] = scorer_with(inner)
+        return value.model_copy(update=updates) if updates else value
+
     updates: dict[str, Any] = {}
+    for name in type(technique).model_params():
+        value = getattr(technique.params, name)
+        if isinstance(value, str):
+            updates[name] = model
+        elif isinstance(value, list):
+            updates[name] = [model] * len(value)
     for name in type(technique.params).model_fields:
         value = getattr(technique.params, name)
-        if value is None:
-            continue
-        if name in ("model", "drafter", "judge") or name.endswith("_model"):
-            if isinstance(value, str):
-                updates[name] = model
-        elif name in ("models", "fusers") and isinstance(value, list):
-            updates[name] = [model] * len(value)
-        elif isinstance(value, dict) and "model" in value:
-            updates[name] = {**value, "model": model}
-        elif isinstance(value, BaseModel) and "model" in type(value).model_fields and value.model:  # type: ignore[attr-defined]
-            updates[name] = value.model_copy(update={"model": model})
+        if isinstance(value, Scorer):
+            updates[name] = scorer_with(value)
     return type(technique)(technique.params.model_copy(update=updates))

@@ -120,6 +120,27 @@ def test_scorer_contract(spec):
     assert len(outs[0][0]) == 2 and [len(r) for r in outs[0][1]] == [2, 1]
 
 
+@pytest.mark.parametrize("spec", [s for specs in SCORER_SPECS.values() for s in specs],
+                         ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_scorer_cost_estimate_counts_the_requests_it_makes(spec):
+    """The search's cost model reads the scorer's own estimate, so it cannot drift from what
+    the scorer sends (pairwise both orders, GRM's k samples...)."""
+    from archon.cost import CostInputs, Flow
+
+    scorer = make_scorer(spec)
+    router, backends = scripted_router(lambda req, i: "Score: 7. Verdict: yes. Winner: A \\boxed{7, 3, 5, 1}")
+    run_program(scorer.score("q", ["a", "b", "c", "d"], ScoreContext()), router)
+    b = backends["embedded"]
+    sent = sum(len(x) for x in (*b.batches, *b.score_batches, *b.reward_batches))
+    samples = sum(r.n for x in b.batches for r in x)
+    estimate = scorer.estimate(CostInputs(10.0, Flow(4, 20.0), "embedded", 64.0))
+    assert sum(c.calls for c in estimate) == sent
+    if samples:
+        completion = sum(c.completion for c in estimate)
+        per_sample = 1.0 if spec.get("mode") == "digit" else 64.0
+        assert completion == pytest.approx(samples * per_sample)
+
+
 # -- the contract: every registered technique -----------------------------------------------------
 
 class Fixed(Technique):
@@ -251,9 +272,9 @@ def test_logprob_scorer_reads_the_generation_and_asks_nothing():
 # -- import direction --------------------------------------------------------------------------------
 
 LAYERS = {  # a module may import only from its own layer and the ones listed
-    "archon/scoring": ("archon.backends.types", "archon.errors", "archon.prompts", "archon.registry",
+    "archon/scoring": ("archon.backends.types", "archon.cost", "archon.errors", "archon.prompts", "archon.registry",
                        "archon.scoring"),
-    "archon/techniques": ("archon.backends.types", "archon.data", "archon.errors", "archon.prompts",
+    "archon/techniques": ("archon.backends.types", "archon.cost", "archon.data", "archon.errors", "archon.prompts",
                           "archon.registry", "archon.scoring", "archon.techniques", "archon.verifiers.answers",
                           "archon.verifiers.sandbox"),
 }

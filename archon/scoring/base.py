@@ -39,7 +39,9 @@ from archon.backends.types import (
     ScoreResult,
     chat,
 )
+from archon.cost import CallCost, CostInputs
 from archon.errors import ConfigError
+from archon.prompts import template_tokens
 from archon.registry import Registry
 from archon.scoring.values import NAN, Aggregation, aggregate, is_missing
 
@@ -111,9 +113,20 @@ class Scorer(BaseModel, ABC):
         with a PRM): the text split at ``step_separator``, whitespace trimmed."""
         return [s.strip() for s in text.split(self.step_separator) if s.strip()] or [text.strip()]
 
-    def calls_per_candidate(self, candidates: int) -> float:
-        """Backend requests per candidate, for the search's cost estimate."""
-        return 1.0
+    template: ClassVar[str | None] = None
+    """The packaged prompt a scorer renders (its fixed text counts in cost estimates)."""
+
+    def estimate(self, c: CostInputs) -> list[CallCost]:
+        """Estimated calls to score ``c.inputs`` (default: one per candidate showing the
+        question, the template and the candidate; ``completion_tokens`` each)."""
+        n = c.inputs.count
+        if n <= 0:
+            return []
+        prompt = c.question + template_tokens(self.template) + c.inputs.length
+        return [CallCost(self.model or c.model, n * prompt, n * self.completion_tokens(c), n)]
+
+    def completion_tokens(self, c: CostInputs) -> float:
+        return 0.0
 
     def score(self, question: str, candidates: Sequence[str], ctx: ScoreContext | None = None, *,
               steps: Sequence[Sequence[str]] | None = None) -> ScoreProgram:

@@ -7,7 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from archon.prompts import render
+from archon.cost import CallCost, CostInputs
+from archon.prompts import render, template_tokens
 from archon.scoring.base import SCORERS, OptionalScorerField, ScoreContext, ScoreProgram, samples_of
 from archon.scoring.grm_vote import Judgment, keep_by_meta, vote
 from archon.scoring.llm import LLMScorer
@@ -48,9 +49,20 @@ class GenerativeRewardScorer(LLMScorer):
     def kept_count(self) -> int:
         return self.k_meta or max(1, math.ceil(self.samples / 2))
 
-    def calls_per_candidate(self, candidates: int) -> float:
-        size = self.group_size or max(candidates, 1)
-        return -(-candidates // size) / max(candidates, 1)
+    def estimate(self, c: CostInputs) -> list[CallCost]:
+        n = int(c.inputs.count)
+        if n <= 0:
+            return []
+        size = min(self.group_size or n, n)
+        groups = math.ceil(n / size)
+        prompt = c.question + template_tokens("judge_grm.j2") + size * c.inputs.length
+        k = self.samples
+        out = [CallCost(self.model or c.model, groups * k * prompt, groups * k * self.completion_tokens(c), groups)]
+        if self.meta_rm is not None:  # each judgment is shown to the meta-RM
+            judged = CostInputs(c.question, type(c.inputs)(groups * k, size * c.inputs.length
+                                                            + self.completion_tokens(c)), c.model, c.max_tokens)
+            out += self.meta_rm.estimate(judged)
+        return out
 
     def score_outcomes(self, question: str, candidates: list[str], ctx: ScoreContext) -> ScoreProgram:
         size = self.group_size or len(candidates)

@@ -20,7 +20,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from archon.backends.types import ScoreRequest
-from archon.prompts import render
+from archon.cost import CallCost, CostInputs
+from archon.prompts import render, template_tokens
 from archon.scoring.base import SCORERS, ScoreContext, ScoreProgram, samples_of
 from archon.scoring.llm import LLMScorer
 from archon.scoring.parsing import digit_score, expected_digit_score, parse_score, parse_verdict, yes_probability
@@ -45,6 +46,17 @@ class LLMJudgeScorer(LLMScorer):
     yes: str = Field(" Yes", description="yes_no: the continuation meaning correct")
     no: str = Field(" No", description="yes_no: the continuation meaning wrong")
     answer_prefix: str = Field("Answer:", description="yes_no: the assistant text the answer follows")
+
+    def estimate(self, c: CostInputs) -> list[CallCost]:
+        n = c.inputs.count
+        if n <= 0:
+            return []
+        prompt = c.question + template_tokens(TEMPLATES[self.mode]) + c.inputs.length
+        if self.mode == "yes_no":  # one prompt scored with two continuations
+            return [CallCost(self.model or c.model, 2 * n * prompt, 0.0, n)]
+        per = 1.0 if self.mode == "digit" else self.samples * self.completion_tokens(c)
+        return [CallCost(self.model or c.model, n * prompt * (1 if self.mode == "digit" else self.samples),
+                         n * per, n)]
 
     def prompt(self, question: str, candidate: str) -> str:
         return render(TEMPLATES[self.mode], self.prompt_template, question=question, candidate=candidate,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from archon.backends.types import GenerationRequest
+from archon.cost import CostInputs
 from archon.scoring.base import ScoreContext, Scorer
 
 
@@ -15,6 +16,9 @@ class LLMScorer(Scorer):
     max_tokens: int | None = Field(None, ge=1, description="judge reply length (default: the node's)")
     system: str | None = Field(None, description="system prompt for judge calls (default: the node's)")
     prompt_template: str | None = Field(None, description="jinja2 file overriding the packaged judge prompt")
+
+    def completion_tokens(self, c: CostInputs) -> float:
+        return float(self.max_tokens or c.max_tokens)
 
     def request(self, ctx: ScoreContext, user: str, *, n: int = 1, temperature: float | None = None,
                 max_tokens: int | None = None, seed_offset: int = 0, logprobs: bool = False,

@@ -7,7 +7,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from archon.backends.types import ScoreRequest, ScoreResult
-from archon.prompts import render
+from archon.cost import CallCost, CostInputs
+from archon.prompts import render, template_tokens
 from archon.scoring.base import SCORERS, ScoreContext, ScoreProgram
 from archon.scoring.llm import LLMScorer
 from archon.scoring.values import NAN, mean
@@ -31,8 +32,12 @@ class LogprobScorer(LLMScorer):
     def uses_generation_logprobs(self) -> bool:
         return self.model is None
 
-    def calls_per_candidate(self, candidates: int) -> float:
-        return 0.0 if self.model is None else 1.0 / max(candidates, 1)
+    def estimate(self, c: CostInputs) -> list[CallCost]:
+        n = c.inputs.count
+        if n <= 0:
+            return []  # with ctx.samples (step searches) nothing is asked; best_of_n asks one request
+        return [CallCost(self.model or c.model, n * (c.question + template_tokens("judge_logprob.j2")
+                                                     + c.inputs.length), 0.0, 1)]
 
     def _from_samples(self, ctx: ScoreContext, count: int) -> list[float] | None:
         if self.model is not None or ctx.samples is None or len(ctx.samples) != count:

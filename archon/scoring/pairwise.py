@@ -6,7 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from archon.prompts import render
+from archon.cost import CallCost, CostInputs
+from archon.prompts import render, template_tokens
 from archon.scoring.base import SCORERS, ScoreContext, ScoreProgram, samples_of
 from archon.scoring.llm import LLMScorer
 from archon.scoring.parsing import parse_preference
@@ -32,8 +33,12 @@ class PairwiseJudgeScorer(LLMScorer):
                 else [(0, j) for j in range(1, count)])
         return [p for i, j in base for p in ([(i, j), (j, i)] if self.both_orders else [(i, j)])]
 
-    def calls_per_candidate(self, candidates: int) -> float:
-        return len(self.pairs(candidates)) / max(candidates, 1)
+    def estimate(self, c: CostInputs) -> list[CallCost]:
+        pairs = len(self.pairs(int(c.inputs.count))) if c.inputs.count > 1 else 0
+        if not pairs:
+            return []
+        prompt = c.question + template_tokens("judge_pairwise.j2") + 2 * c.inputs.length
+        return [CallCost(self.model or c.model, pairs * prompt, pairs * self.completion_tokens(c), pairs)]
 
     def score_outcomes(self, question: str, candidates: list[str], ctx: ScoreContext) -> ScoreProgram:
         if len(candidates) <= 1:

@@ -24,6 +24,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from archon.backends.types import Message, RewardRequest, RewardResult
+from archon.cost import CallCost, CostInputs
 from archon.scoring.base import SCORERS, ScoreContext, ScoreProgram, Scorer
 from archon.scoring.values import NAN
 
@@ -41,8 +42,12 @@ class RewardModelScorer(Scorer):
     label: int = Field(1, description="which column of a pooled row is the reward (PRM [bad, good]: 1)")
     raw_template: str = Field("{question}\n\n{answer}", description="raw: the text sent ({question}, {answer})")
 
-    def calls_per_candidate(self, candidates: int) -> float:
-        return 1.0 / max(candidates, 1)  # one batched request per round
+    def estimate(self, c: CostInputs) -> list[CallCost]:
+        n = c.inputs.count
+        if n <= 0:
+            return []
+        system = len(self.system or "") / 4
+        return [CallCost(self.model or c.model, n * (c.question + system + c.inputs.length), 0.0, n)]
 
     def request(self, ctx: ScoreContext, question: str, steps: list[str]) -> RewardRequest:
         answer = "".join(s + self.step_tag for s in steps)

@@ -26,7 +26,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from archon.backends.types import ScoreRequest, ScoreResult
-from archon.prompts import render
+from archon.cost import CallCost, CostInputs
+from archon.prompts import render, template_tokens
 from archon.scoring.base import SCORERS, ScoreContext, ScoreProgram, Scorer
 from archon.scoring.values import NAN, two_way
 
@@ -46,8 +47,15 @@ class TokenProbPRM(Scorer):
     prompt_template: str | None = Field(None, description="chat: jinja2 file overriding steps_score.j2 "
                                                           "(variables: question, partial, steps)")
 
-    def calls_per_candidate(self, candidates: int) -> float:
-        return 1.0
+    template: ClassVar[str | None] = "steps_score.j2"
+
+    def estimate(self, c: CostInputs) -> list[CallCost]:
+        """A whole candidate as one step: one request, its prompt scored with two continuations."""
+        n = c.inputs.count
+        if n <= 0:
+            return []
+        prompt = c.question + (template_tokens(self.template) if self.format == "chat" else 0) + c.inputs.length
+        return [CallCost(self.model or c.model, 2 * n * prompt, 0.0, n)]
 
     def request(self, ctx: ScoreContext, question: str, steps: list[str]) -> ScoreRequest:
         """The request scoring the LAST of ``steps`` given the ones before it."""

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from archon.backends.types import GenerationRequest, GenerationResult, Message, Sample
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate, Query
 from archon.scoring.base import ModelRequest, ModelResult, ScoreContext
 
@@ -80,6 +81,24 @@ class Technique(ABC):
 
     def models(self, defaults: Defaults) -> list[str]:
         return [self.params.model or defaults.model]
+
+    # -- what the technique knows about itself (read by config, the search and its cost model) --
+
+    @classmethod
+    def model_params(cls) -> tuple[str, ...]:
+        """Parameters holding model names (``archon run --model X`` rewrites them). By default
+        ``model``, ``*_model``, ``drafter`` and ``judge``; scorer parameters are found apart."""
+        return tuple(name for name in cls.Params.model_fields
+                     if name in ("model", "drafter", "judge") or name.endswith("_model"))
+
+    def output_count(self, inputs: int) -> int:
+        """How many candidates this node hands on for ``inputs`` candidates in."""
+        return 1 if self.consumes == "query" else inputs
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow] | None:
+        """Estimated calls per query and the candidates handed on; None: no estimate (the
+        search then never skips this technique on a guess)."""
+        return None
 
     @abstractmethod
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:

@@ -73,6 +73,9 @@ class BeamSearch(StepTechnique):
     description = "step-level beam search with a process reward (diverse: DVTS)"
     params: BeamParams
 
+    def output_count(self, inputs: int) -> int:
+        return self.params.beam_width
+
     def models(self, defaults: Defaults) -> list[str]:
         return list(dict.fromkeys([self.params.model or defaults.model, *self.reward_models(defaults)]))
 

@@ -138,6 +138,9 @@ class ParticleSteering(StepTechnique):
     description = "particle filtering / Feynman-Kac steering over reasoning steps with a step reward"
     params: ParticleParams
 
+    def output_count(self, inputs: int) -> int:
+        return self.params.particles
+
     def models(self, defaults: Defaults) -> list[str]:
         return list(dict.fromkeys([self.params.model or defaults.model, *self.reward_models(defaults)]))
 

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from archon import prompts
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
 from archon.scoring import OptionalScorerField, order_by_score
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams, first_text
@@ -62,6 +63,19 @@ class Rank(Technique):
         if self.params.scorer is None:
             return super().models(defaults)
         return list(self.params.scorer.models(self.params.model or defaults.model))
+
+    def output_count(self, inputs: int) -> int:
+        return min(self.params.top_k, inputs)
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        n = c.inputs.count
+        out = Flow(min(float(self.params.top_k), n), c.inputs.length)
+        if self.params.scorer is not None:
+            return (self.params.scorer.estimate(c) if n > 1 else []), out
+        if n <= 1:
+            return [], out
+        prompt = c.question + prompts.template_tokens("rank.j2") + n * c.inputs.length
+        return [CallCost(c.model, prompt, float(self.params.max_tokens or 64), 1)], out
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if self.params.scorer is not None and len(inputs) > 1:

@@ -229,6 +229,9 @@ class Rerank(Technique):
     def mode(self) -> str:
         return self.params.mode or ("two_turn" if self.params.preset == "rebel" else "one_turn")
 
+    def output_count(self, inputs: int) -> int:
+        return inputs if self.params.top_k is None else min(self.params.top_k, inputs)
+
     def models(self, defaults: Defaults) -> list[str]:
         if self.params.scorer is None:
             return super().models(defaults)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
 from archon.scoring import Scorer, ScorerField, is_missing, make_scorer, order_by_score
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams
@@ -68,6 +69,10 @@ class Score(Technique):
     def key(self) -> str:
         return self.params.key or self.params.scorer.key
 
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        out = Flow(float(self.output_count(int(c.inputs.count))), c.inputs.length)
+        return self.params.scorer.estimate(c), out
+
     def scored(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if not inputs:
             ctx.note("no candidates to score")
@@ -90,6 +95,9 @@ class BestOfN(Score):
     Params = BestOfNParams
     description = "keep the top-k candidates by a scorer"
     params: BestOfNParams
+
+    def output_count(self, inputs: int) -> int:
+        return min(self.params.top_k, inputs)
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         scored = yield from self.scored(ctx, inputs)

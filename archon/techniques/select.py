@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
 from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams
 from archon.techniques.vote import tally
@@ -39,6 +40,12 @@ class Select(Technique):
 
     def models(self, defaults):  # type: ignore[no-untyped-def]
         return []
+
+    def output_count(self, inputs: int) -> int:
+        return min(1, inputs)
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        return [], Flow(min(1.0, c.inputs.count), c.inputs.length)
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if not inputs:

@@ -100,7 +100,13 @@ class UnitTestsParams(TechniqueParams):
     top_k: int | None = Field(None, ge=1, description="candidates kept (null: all, best first)")
 
 
-class UnitTests(Technique):
+class _KeepsTopK(Technique):
+    def output_count(self, inputs: int) -> int:
+        top_k = getattr(self.params, "top_k", None)
+        return inputs if top_k is None else min(top_k, inputs)
+
+
+class UnitTests(_KeepsTopK):
     name = "unit_tests"
     Params = UnitTestsParams
     description = "LLM-written (or given) assert tests executed in the sandbox; rank by tests passed"
@@ -244,7 +250,7 @@ class NLUnitTestsParams(TechniqueParams):
     key: str = Field("nl_tests_passed", description="score name for the fraction judged passed")
 
 
-class NLUnitTests(Technique):
+class NLUnitTests(_KeepsTopK):
     name = "nl_unit_tests"
     Params = NLUnitTestsParams
     description = "Archon's natural-language unit tests: LLM-written, LLM-judged per candidate (not executed)"

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from archon import prompts
 from archon.backends.types import Message
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
 from archon.scoring import Scorer, ScorerField, is_missing, make_scorer
 from archon.scoring.parsing import parse_verdict
@@ -70,6 +71,14 @@ class Verify(Technique):
         if self.params.mode == "reason_then_verdict":
             return super().models(defaults)
         return list(dict.fromkeys(self.params.scorer.models(self.params.model or defaults.model)))
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        n = c.inputs.count
+        if self.params.mode == "reason_then_verdict":  # a reasoning call, then a verdict call, per candidate
+            prompt = c.question + c.inputs.length + prompts.template_tokens("verify_reasoning.j2")
+            verdict = prompt + c.max_tokens + prompts.template_tokens("verify_verdict.j2")
+            return [CallCost(c.model, n * (prompt + verdict), 2 * n * c.max_tokens, 2 * n)], c.inputs
+        return self.params.scorer.estimate(c), c.inputs
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if self.params.mode == "reason_then_verdict":

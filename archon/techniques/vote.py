@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
 from archon.scoring import OptionalScorerField
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams
@@ -59,6 +60,11 @@ class Vote(Technique):
     def models(self, defaults: Defaults) -> list[str]:
         scorer = self.params.scorer
         return [] if scorer is None else list(scorer.models(self.params.model or defaults.model))
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        scorer = self.params.scorer
+        calls = scorer.estimate(c) if scorer is not None and self.params.method == "weighted" else []
+        return calls, c.inputs
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         p = self.params
