@@ -286,6 +286,11 @@ class _VLLMStub(BaseHTTPRequestHandler):
             data = [{"index": i, "object": "pooling",  # one row per step tag; the last one = len / 100
                      "data": [[0.1, 0.9]] * (t.count("<extra_0>") - 1) + [[1 - len(t) / 100, len(t) / 100]]}
                     for i, t in enumerate(texts)]
+        elif self.path == "/custom":  # a non-vLLM reward server: {"out": {"scores": [one per step]}}
+            text = "".join(m["content"] for m in body["query"])
+            steps = max(1, text.count("<extra_0>"))
+            return self._send(200, {"out": {"scores": [0.5 + k / 10 for k in range(steps)]},
+                                    "usage": {"prompt_tokens": 7}})
         else:
             return self._send(404, {"error": "not found"})
         data.reverse()  # out of order on purpose: the client must use `index`
@@ -374,3 +379,26 @@ def test_reward_model_scorer_in_a_pipeline_is_accounted_per_node(vllm_stub):
                                                               for k in (10, 20, 30)]
     assert result.usage_by_node["best"]["prompt_tokens"] == 3 * 12 and result.usage_by_node["best"]["calls"] == 3
     assert result.usage["prompt_tokens"] == result.usage_by_node["g"]["prompt_tokens"] + 36
+
+
+def test_http_reward_backend_maps_request_and_response(vllm_stub):
+    from archon.backends.registry import ModelRegistry, ModelSpec
+    from archon.backends.router import ModelRouter
+
+    _VLLMStub.fail_first[0] = 1  # one 503 first: retried
+    spec = ModelSpec(backend="http_reward", base_url=vllm_stub + "/custom", api_model="my-prm", task="reward",
+                     reward_body={"query": "{messages}", "name": "{model}", "fixed": 1}, reward_path="out.scores",
+                     max_retries=2, parameters=1e9)
+    router = ModelRouter(registry=ModelRegistry({"rm": spec}))
+    prm = RewardModelScorer(model="rm", aggregation="min")
+    per_step = run_program(prm.score("q", ["a\n\nb\n\nc"], steps=[["a", "b", "c"]]), router)
+    assert per_step == [[0.5, 0.6, 0.7]] and prm.reduce_steps(per_step[0]) == 0.5
+    body = _VLLMStub.seen[-1][1]
+    assert body["name"] == "my-prm" and body["fixed"] == 1
+    assert body["query"][-1]["content"] == "a<extra_0>b<extra_0>c<extra_0>"
+    assert router.ledger.total().prompt_tokens == 7 and router.ledger.total().flops == 2 * 1e9 * 7
+    bad = ModelRouter(registry=ModelRegistry({"rm": spec.model_copy(update={"reward_path": "out.nope"})}))
+    with pytest.raises(BackendError, match=r"reward_path: out\.nope"):
+        run_program(prm.score("q", ["a"]), bad)
+    router.close()
+    bad.close()

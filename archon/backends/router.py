@@ -46,6 +46,10 @@ def default_backend_factory(name: str, spec: ModelSpec) -> Backend:
         from archon.backends.openai_compat import OpenAIBackend
 
         return OpenAIBackend(name, spec)
+    if spec.backend == "http_reward":
+        from archon.backends.http_reward import HTTPRewardBackend
+
+        return HTTPRewardBackend(name, spec)
     raise ValueError(f"unknown backend kind {spec.backend!r}")
 
 

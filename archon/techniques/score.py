@@ -13,7 +13,7 @@ from pydantic import Field
 
 from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
-from archon.scoring import Scorer, ScorerField, is_missing, make_scorer, order_by_score
+from archon.scoring import NAN, Scorer, ScorerField, is_missing, make_scorer, order_by_score
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams
 
 
@@ -101,7 +101,7 @@ class BestOfN(Score):
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         scored = yield from self.scored(ctx, inputs)
-        values = [c.scores.get(self.key, float("nan")) for c in scored]
+        values = [c.scores.get(self.key, NAN) for c in scored]
         if scored and all(is_missing(v) for v in values):
             ctx.note(f"no {self.key!r} scores; kept the input order")
         return [scored[i] for i in order_by_score(values)][: self.params.top_k]

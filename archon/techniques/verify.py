@@ -25,7 +25,7 @@ from archon import prompts
 from archon.backends.types import Message
 from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
-from archon.scoring import Scorer, ScorerField, is_missing, make_scorer
+from archon.scoring import NAN, Scorer, ScorerField, is_missing, make_scorer
 from archon.scoring.parsing import parse_verdict
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams, first_text
 
@@ -83,7 +83,7 @@ class Verify(Technique):
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if self.params.mode == "reason_then_verdict":
             verdicts = yield from self.reason_then_verdict(ctx, inputs)
-            values = [float("nan") if v is None else float(v) for v in verdicts]
+            values = [NAN if v is None else float(v) for v in verdicts]
         else:
             values = yield from self.one_call(ctx, inputs)
         judged: list[Candidate] = []
