@@ -195,6 +195,25 @@ def test_technique_contract(name):
     assert tight.usage.get("calls", 0) <= 1
 
 
+def test_model_override_reaches_scorers_and_the_techniques_model_params():
+    from archon.config import build_graph, parse_config
+
+    config = parse_config({"models": {"big": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                                      "o": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+                           "nodes": [{"technique": "generate", "models": ["big", "big"]},
+                                     {"technique": "best_of_n", "scorer": {
+                                         "type": "grm", "model": "big", "meta_rm": {"type": "judge", "model": "big"}}},
+                                     {"id": "b", "technique": "beam_search", "inputs": [],
+                                      "scorer": {"type": "token_prm", "model": "big"}},
+                                     {"technique": "select", "inputs": ["best_of_n_1", "b"]}]})
+    graph = build_graph(config, model_override="o")
+    assert graph.nodes["generate_0"].params.models == ["o", "o"]
+    grm = graph.nodes["best_of_n_1"].params.scorer
+    assert grm.model == "o" and grm.meta_rm.model == "o"
+    assert graph.nodes["b"].params.scorer.model == "o"
+    assert graph.nodes["b"].output_count(0) == 4 and graph.nodes["best_of_n_1"].output_count(8) == 1
+
+
 # -- per-step scores in step searches --------------------------------------------------------------
 
 def test_step_search_passes_steps_and_prior_so_old_steps_are_not_rescored():

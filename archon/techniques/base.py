@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from archon.backends.types import GenerationRequest, GenerationResult, Message, Sample
+from archon.backends.types import GenerationRequest, GenerationResult, Message, Sample, chat
 from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate, Query
 from archon.scoring.base import ModelRequest, ModelResult, ScoreContext
@@ -117,13 +117,11 @@ class Technique(ABC):
         """
         p = self.params
         system = p.system if p.system is not None else ctx.defaults.system
-        messages: list[Message] = []
-        if system and not (history and history[0].role == "system"):
-            messages.append(Message("system", system))
         if history:
-            messages.extend(history)
+            lead = [Message("system", system)] if system and history[0].role != "system" else []
+            messages = [*lead, *history]
         else:
-            messages.append(Message("user", user))
+            messages = list(chat(system, user))
         return GenerationRequest(
             model=model or p.model or ctx.defaults.model,
             messages=tuple(messages),

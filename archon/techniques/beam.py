@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import Field
 
 from archon.data import Candidate
+from archon.scoring import order_by_score
 from archon.techniques.base import Defaults, NodeContext, Program
 from archon.techniques.steps import NAN, RewardStepParams, StepTechnique, Trace, is_nan, samples_of
 from archon.verifiers.answers import extract_final_answer
@@ -60,11 +61,7 @@ class Beam:
 
 def best_first(beams: list[Beam], how: str) -> list[Beam]:
     """Highest aggregated reward first; beams without a reward last; ties keep the order."""
-    def key(i: int) -> tuple[bool, float, int]:
-        s = beams[i].score(how)
-        return (is_nan(s), -s if not is_nan(s) else 0.0, i)
-
-    return [beams[i] for i in sorted(range(len(beams)), key=key)]
+    return [beams[i] for i in order_by_score([b.score(how) for b in beams])]
 
 
 class BeamSearch(StepTechnique):
