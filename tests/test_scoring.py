@@ -331,7 +331,8 @@ def test_fresh_interpreter_imports_scoring_without_cycle_or_graders():
             f"for m in {modules!r}:\n    importlib.import_module(m)\n"
             f"bad = [m for m in sys.modules if m.startswith({GRADERS!r})]\n"
             "assert not bad, bad\nprint('ok')")
-    for first in ("archon.scoring", "archon.scoring.base", "archon.techniques", "archon.verifiers.sandbox"):
+    for first in ("archon.scoring", "archon.scoring.base", "archon.techniques", "archon.verifiers.sandbox",
+                  "archon.verifiers.scorers"):
         out = subprocess.run([sys.executable, "-c", f"import {first}\n" + code], capture_output=True, text=True,
                              cwd=REPO, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == "ok", (first, out.stderr[-2000:])
