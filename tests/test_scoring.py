@@ -342,22 +342,30 @@ def test_fresh_interpreter_imports_scoring_without_cycle_or_graders():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [
-    lambda prm: BeamSearch(beam_width=2, expand=2, max_steps=2, max_tokens=12, scorer=prm),
-    lambda prm: ParticleSteering(particles=3, max_steps=2, max_tokens=12, lam=1.0, scorer=prm),
+    lambda prm: BeamSearch(beam_width=2, expand=1, max_steps=2, max_tokens=12, scorer=prm),
+    lambda prm: ParticleSteering(particles=2, max_steps=2, max_tokens=12, lam=1.0, scorer=prm),
 ], ids=["beam", "particles"])
-def test_embedded_model_as_token_prm_in_step_searches(make, embedded_router):
-    for how in ("last", "min", "prod"):
-        tech = make({"type": "token_prm", "aggregation": how})
-        result = Pipeline({"n": tech}, {}, router=embedded_router).run("What is 3 + 4?")
-        assert result.error is None and result.candidates
-        rewards = []
-        for c in result.candidates:
-            scores = c.metadata["step_scores"]
-            assert len(scores) == c.metadata["steps"] >= 1  # a score for every step
-            assert all(0.0 < s < 1.0 for s in scores)  # P(" Yes") / (P(" Yes") + P(" No"))
-            assert c.scores["reward"] == pytest.approx(aggregate(scores, how))
-            rewards.append(aggregate(scores, how))
-        assert rewards == sorted(rewards, reverse=True), how  # ranked by the aggregation's definition
-        calls = [call for t in result.trace for call in t.calls]
-        assert any(call.n == 2 for call in calls)  # the (" Yes", " No") score requests are in the trace
-        assert result.usage_by_node["n"]["prompt_tokens"] > 0
+def test_embedded_model_as_token_prm_in_step_searches(make, tmp_path):
+    from archon.backends.cache import CallCache
+    from archon.backends.router import ModelRouter
+
+    # one call cache for the three runs: the generations and step scores they share are paid once
+    router = ModelRouter(cache=CallCache(tmp_path / "calls.sqlite"))
+    try:
+        for how in ("last", "min", "prod"):
+            tech = make({"type": "token_prm", "aggregation": how})
+            result = Pipeline({"n": tech}, {}, router=router).run("What is 3 + 4?")
+            assert result.error is None and result.candidates
+            rewards = []
+            for c in result.candidates:
+                scores = c.metadata["step_scores"]
+                assert len(scores) == c.metadata["steps"] >= 1  # a score for every step
+                assert all(0.0 < s < 1.0 for s in scores)  # P(" Yes") / (P(" Yes") + P(" No"))
+                assert c.scores["reward"] == pytest.approx(aggregate(scores, how))
+                rewards.append(aggregate(scores, how))
+            assert rewards == sorted(rewards, reverse=True), how  # ranked by the aggregation's definition
+            calls = [call for t in result.trace for call in t.calls]
+            assert any(call.n == 2 for call in calls)  # the (" Yes", " No") score requests are in the trace
+            assert result.usage_by_node["n"]["prompt_tokens"] + result.usage_by_node["n"]["cache_hits"] > 0
+    finally:
+        router.close()
