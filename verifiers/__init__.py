@@ -15,7 +15,8 @@ from archon.verifiers.answers import extract_final_answer, normalize_answer
 
 _LAZY = {
     "GRADER_VERSION": "math_grader", "MathGrade": "math_grader", "grade_math": "math_grader",
-    "SandboxResult": "sandbox", "TestOutcome": "sandbox", "pass_at_k": "sandbox", "run_python": "sandbox",
+    "SandboxResult": "sandbox", "SandboxUnavailable": "sandbox", "TestOutcome": "sandbox", "pass_at_k": "sandbox",
+    "run_python": "sandbox",
     "run_tests": "sandbox",
 }
 
