@@ -223,7 +223,7 @@ def respond(r: GenerationRequest, index: int) -> str:
 
 
 def particle_pipeline(router: ModelRouter, scheduler: str, window: int) -> Pipeline:
-    return Pipeline({"particles": ParticleSteering(particles=8, reward="judge", max_steps=4, max_tokens=64),
+    return Pipeline({"particles": ParticleSteering(particles=8, max_steps=4, max_tokens=64),
                      "select": Select(method="first")}, {"select": ["particles"]}, router=router,
                     scheduler=scheduler, window=window, defaults=Defaults(model="sim", temperature=0.8))
 
