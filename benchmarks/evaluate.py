@@ -43,10 +43,13 @@ import json
 import os
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from pydantic import BaseModel, Field
 
 from archon.benchmarks.datasets import Item, ids_digest, repo_root
@@ -54,10 +57,11 @@ from archon.benchmarks.graders import QueryGrade, mean_interval, wilson_interval
 from archon.benchmarks.registry import Benchmark, get_benchmark
 from archon.data import ChatMessage, Query, QueryResult
 from archon.errors import ConfigError
-from archon.results_io import append_jsonl, lock_run_dir, read_json_file, read_jsonl
+from archon.results_io import LOCK_FILE, append_jsonl, lock_run_dir, read_json_file, read_jsonl
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
+SUMMARY_LOCK_FILE = ".summary.lock"
 SUMMARY_FILE = "summary.json"
 USAGE_KEYS = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "total_tokens", "calls", "latency_s",
               "flops", "cache_hits")
@@ -106,6 +110,7 @@ class EvalSummary(BaseModel):
     archon_version: str | None = None
     created_at: str = ""
     updated_at: str = ""
+    shards: dict[str, Any] | None = None  # a sharded run: {"n", "started", "missing"}
 
     @property
     def name(self) -> str:
@@ -356,6 +361,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     pipeline_meta: dict[str, Any] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    shard: Shard | None = None,
 ) -> EvalSummary:
     """Evaluate ``pipeline`` (a ``Pipeline`` or a YAML path) on ``benchmark`` (a name or a
     ``Benchmark``) into ``out_dir``; resumes a partial run; returns the summary.
@@ -365,7 +371,9 @@ def evaluate(
     called after every row written and ``on_row(row)`` with the row itself. ``window`` is
     the number of questions in flight (``batch_size`` is its old name; default: the
     pipeline's ``window``, else the backend's choice; with ``scheduler: levels`` the chunk
-    size, default 8). Example::
+    size, default 8). ``shard`` (``Shard(k, n)``) answers only the questions whose id hashes to
+    shard k of n, into per-shard files of the same run directory, so that n processes (on
+    one machine or several sharing the folder) split one run; the summary is the union. Example::
 
         from archon import Pipeline
         from archon.benchmarks.evaluate import evaluate
@@ -385,10 +393,12 @@ def evaluate(
         ids = [it.id for it in selected]
         if len(set(ids)) != len(ids):
             raise ConfigError("benchmark items have duplicate ids")
-        with lock_run_dir(out_dir):
+        files = RunFiles.of(Path(out_dir), shard)
+        files.check_layout()
+        with lock_run_dir(out_dir, files.lock):
             return _evaluate(pipe, bench, Path(out_dir), selected, split=split, limit=limit, seed=seed,
                              custom_items=items is not None, window=window or batch_size, progress=progress,
-                             pipeline_meta=pipeline_meta or {}, on_row=on_row)
+                             pipeline_meta=pipeline_meta or {}, on_row=on_row, files=files)
     finally:
         if own:
             pipe.close()
@@ -397,7 +407,7 @@ def evaluate(
 def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, split: str, limit: int | None,
               seed: int | None, custom_items: bool, window: int | None,
               progress: Callable[[int, int], None] | None, pipeline_meta: dict[str, Any],
-              on_row: Callable[[dict[str, Any]], None] | None = None) -> EvalSummary:
+              on_row: Callable[[dict[str, Any]], None] | None = None, files: RunFiles) -> EvalSummary:
     started = time.perf_counter()
     judge = getattr(bench.grader, "judge_model", None)
     if judge is not None and judge not in pipe.registry:
@@ -405,11 +415,15 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
                           hint=f"define it under `models:` in the pipeline config (known: "
                                f"{', '.join(pipe.registry.names())})")
     run_dir.mkdir(parents=True, exist_ok=True)
-    results_path = run_dir / RESULTS_FILE
-    manifest_path = run_dir / RUN_FILE
+    results_path = run_dir / files.results
+    manifest_path = run_dir / files.manifest
     subset = {"split": split, "limit": limit, "seed": seed,
               "selection": "custom" if custom_items else ("first" if seed is None else f"random(seed={seed})"),
               "n": len(items), "ids_sha": ids_digest(items)}
+    all_ids = [it.id for it in items]
+    if files.shard is not None:
+        subset["shards"] = files.shard.n
+        items = [it for it in items if files.shard.holds(it.id)]
     source = pipe.graph.source
     config_dump = (pipe.config.model_dump(mode="json", exclude_none=True) if pipe.config is not None
                    else pipeline_fingerprint(pipe))
@@ -477,8 +491,9 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
         session["wall_s"] = round(time.perf_counter() - started, 3)
         session["finished_at"] = _now()
         _write_json(manifest_path, manifest)
-        summary = summarize(run_dir, ids=[it.id for it in items])
-        _write_json(run_dir / SUMMARY_FILE, summary.model_dump(mode="json"))
+        with FileLock(str(run_dir / SUMMARY_LOCK_FILE), timeout=60):  # shards finishing together: one at a time
+            summary = summarize(run_dir, ids=all_ids)
+            _write_json(run_dir / SUMMARY_FILE, summary.model_dump(mode="json"))
     return summary
 
 
@@ -537,18 +552,95 @@ async def _stream_items(pipe: Any, bench: Benchmark, items: Sequence[Item], root
 
 # -- summaries ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``k`` of ``n`` (1-based): the questions whose id hashes there. Hashing the id, not
+    the position, keeps a question in its shard whatever else the selection holds."""
+
+    k: int
+    n: int
+
+    def __post_init__(self) -> None:
+        if not (self.n >= 1 and 1 <= self.k <= self.n):
+            raise ConfigError(f"shard {self.k}/{self.n}: K must be between 1 and N", hint="e.g. --shard 2/4")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        k, sep, n = text.partition("/")
+        if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+            raise ConfigError(f"--shard {text!r}: write K/N, e.g. 1/4")
+        return cls(int(k), int(n))
+
+    def holds(self, item_id: str) -> bool:
+        return zlib.crc32(item_id.encode()) % self.n == self.k - 1
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Which files of a run directory one writer owns: the whole run's, or one shard's."""
+
+    run_dir: Path
+    shard: Shard | None = None
+
+    @classmethod
+    def of(cls, run_dir: Path, shard: Shard | None) -> RunFiles:
+        return cls(run_dir, shard)
+
+    @property
+    def _tag(self) -> str:
+        return "" if self.shard is None else f".shard-{self.shard.k}-of-{self.shard.n}"
+
+    @property
+    def results(self) -> str:
+        return RESULTS_FILE if self.shard is None else f"results{self._tag}.jsonl"
+
+    @property
+    def manifest(self) -> str:
+        return RUN_FILE if self.shard is None else f"run{self._tag}.json"
+
+    @property
+    def lock(self) -> str:
+        return f"{LOCK_FILE}{self._tag}"
+
+    def check_layout(self) -> None:
+        """One run directory is either unsharded or sharded N ways, never a mix."""
+        d = self.run_dir
+        whole = (d / RUN_FILE).is_file()
+        shard_ns = {int(p.stem.rsplit("-of-", 1)[1]) for p in d.glob("run.shard-*-of-*.json")}
+        if self.shard is None and shard_ns:
+            raise ConfigError(f"{d} holds a run sharded {sorted(shard_ns)[0]} ways",
+                              hint=f"rerun each shard with --shard K/{sorted(shard_ns)[0]}, or use another --out")
+        if self.shard is not None and whole:
+            raise ConfigError(f"{d} holds an unsharded run", hint="rerun it without --shard, or use another --out")
+        if self.shard is not None and shard_ns - {self.shard.n}:
+            raise ConfigError(f"{d} is sharded {sorted(shard_ns)[0]} ways, not {self.shard.n}",
+                              hint=f"use --shard K/{sorted(shard_ns)[0]}")
+
+    @staticmethod
+    def manifests(run_dir: Path) -> list[Path]:
+        whole = run_dir / RUN_FILE
+        return [whole] if whole.is_file() else sorted(run_dir.glob("run.shard-*-of-*.json"))
+
+    @staticmethod
+    def result_files(run_dir: Path) -> list[Path]:
+        return [p for p in [run_dir / RESULTS_FILE, *sorted(run_dir.glob("results.shard-*-of-*.jsonl"))]
+                if p.is_file()]
+
+
 def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSummary:
     """Metrics of a run directory, from ``run.json`` and ``results.jsonl`` (no model calls)."""
     run_dir = Path(run_dir)
-    manifest_path = run_dir / RUN_FILE
-    if not manifest_path.is_file():
+    manifests = RunFiles.manifests(run_dir)
+    if not manifests:
         raise ConfigError(f"{run_dir} is not an evaluation run (no {RUN_FILE})",
                           hint="give directories written by `archon eval --out DIR`")
-    manifest = read_json_file(manifest_path, what=RUN_FILE)
+    manifest = read_json_file(manifests[0], what=manifests[0].name)
+    sessions = [x for path in manifests for x in read_json_file(path, what=path.name).get("sessions", [])]
     rows_by_id: dict[str, dict[str, Any]] = {}
-    for row in read_jsonl(run_dir / RESULTS_FILE):
-        if "id" in row:
-            rows_by_id[str(row["id"])] = row
+    for path in RunFiles.result_files(run_dir):
+        for row in read_jsonl(path):
+            if "id" in row:
+                rows_by_id[str(row["id"])] = row
     if ids is not None:
         wanted = set(ids)
         rows_by_id = {k: v for k, v in rows_by_id.items() if k in wanted}
@@ -565,9 +657,14 @@ def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSumm
         models=manifest.get("models", []), git_revision=manifest.get("git_revision"),
         archon_version=manifest.get("archon_version"), created_at=manifest.get("created_at", ""),
         updated_at=_now(), coverage_source=manifest.get("coverage_source", ""),
-        wall_time_s=round(sum(float(x.get("wall_s", 0.0)) for x in manifest.get("sessions", [])), 3),
+        wall_time_s=round(sum(float(x.get("wall_s", 0.0)) for x in sessions), 3),
     )
     s.complete = n >= s.n_total
+    n_shards = int(manifest.get("subset", {}).get("shards") or 0)
+    if n_shards:
+        present = {int(m.name.split("-")[1]) for m in manifests}  # run.shard-K-of-N.json
+        s.shards = {"n": n_shards, "started": sorted(present),
+                    "missing": [k for k in range(1, n_shards + 1) if k not in present]}
     s.errors = sum(1 for r in rows if r.get("error"))
     scores = [float(r["score"]) for r in rows if r.get("score") is not None]
     s.graded = len(scores)
@@ -614,8 +711,8 @@ def load_summary(run_dir: str | Path) -> EvalSummary:
     """``summary.json`` if present and current, else recomputed from the run's files."""
     run_dir = Path(run_dir)
     path = run_dir / SUMMARY_FILE
-    results = run_dir / RESULTS_FILE
-    if path.is_file() and (not results.exists() or path.stat().st_mtime >= results.stat().st_mtime):
+    newest = max((f.stat().st_mtime for f in RunFiles.result_files(run_dir)), default=0.0)
+    if path.is_file() and path.stat().st_mtime >= newest:
         data = read_json_file(path, what=SUMMARY_FILE)
         data["run_dir"] = str(run_dir)
         return EvalSummary.model_validate(data)

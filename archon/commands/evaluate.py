@@ -53,6 +53,10 @@ def summary_table(s: Any) -> Table:
     table.add_row("wall time", f"{s.wall_time_s:.1f}s")
     table.add_row("grader", f"{s.grader.get('name')} {s.grader.get('version')}")
     table.add_row("config hash", str(s.pipeline.get("config_hash")))
+    if s.shards:
+        missing = s.shards["missing"]
+        table.add_row("shards", f"{s.shards['n']}: " + (f"not started yet: {', '.join(map(str, missing))}"
+                                                        if missing else "all started"))
     return table
 
 
@@ -119,12 +123,16 @@ def eval_command(
                                                    "defaults.max_tokens=8 or nodes.sample.samples=4")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the call cache")] = False,
     cache: Annotated[Path | None, typer.Option("--cache", help="call cache file (default: ~/.cache/archon)")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="K/N: answer only shard K of N (by question id) "
+                                              "into the same --out; run all N, anywhere, to complete the run")
+                     ] = None,
 ) -> None:
     """Evaluate a pipeline on a benchmark: accuracy with a 95% CI, coverage, tokens, calls, FLOPs."""
-    from archon.benchmarks.evaluate import evaluate
+    from archon.benchmarks.evaluate import Shard, evaluate
     from archon.benchmarks.registry import get_benchmark
 
     try:
+        part = Shard.parse(shard) if shard else None
         bench = get_benchmark(benchmark, data_dir, judge_model=judge_model)
         pipe = load_pipeline(config, model=model, no_cache=no_cache, cache=cache, sets=list(sets or []))
         set_scheduler(pipe, scheduler)
@@ -144,8 +152,9 @@ def eval_command(
 
             summary = evaluate(pipe, bench, out_dir, limit=limit, split=split, seed=seed,
                                window=window or batch_size, progress=on_progress, pipeline_meta=meta,
-                               on_row=seen.add)
+                               on_row=seen.add, shard=part)
     except ArchonError as exc:
         raise _fail(exc) from None
     out.print(summary_table(summary))
-    err.print(f"[dim]wrote {out_dir}/results.jsonl and {out_dir}/summary.json[/]")
+    written = f"results.shard-{shard.replace('/', '-of-')}.jsonl" if shard else "results.jsonl"
+    err.print(f"[dim]wrote {out_dir}/{written} and {out_dir}/summary.json[/]")
