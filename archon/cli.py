@@ -35,6 +35,18 @@ def _load(config: Path, model: str | None, no_cache: bool, cache: Path | None): 
     from archon.pipeline import Pipeline
 
     cache_setting: bool | Path = False if no_cache else (cache or True)
+    if config.suffix.lower() == ".json":  # an Archon architecture: say what differs, as import-archon does
+        from archon.config import parse_config
+        from archon.importers import convert_archon
+
+        result = convert_archon(config)
+        if result.differs:
+            err.print(f"[yellow]{escape(str(config))}: converted from Archon JSON with {len(result.differs)} "
+                      "behaviour difference(s)[/] (`archon import-archon` writes them into the YAML):")
+            for note in result.differs:
+                err.print(f"  - {escape(note.where() + ': ' + note.message)}", highlight=False, soft_wrap=True)
+        return Pipeline.from_config(parse_config(result.config, file=str(config)), source=str(config),
+                                    model=model, cache=cache_setting)
     return Pipeline.from_yaml(config, model=model, cache=cache_setting)
 
 

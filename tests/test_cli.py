@@ -137,3 +137,10 @@ def test_error_hints_keep_their_brackets(tmp_path):
     path.write_text("nodes:\n  - {id: s, technique: generate\n  bad: [\n")
     res = CliRunner().invoke(app, ["validate", str(path)])
     assert res.exit_code == 2 and "[a, b]" in res.output, res.output
+
+
+def test_running_an_archon_json_prints_what_differs():
+    res = archon("validate", "configs/archon/unit_tests_then_verify.json")
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stderr.split())
+    assert "converted from Archon JSON with 1 behaviour difference(s)" in text and "nl_unit_tests" in text

@@ -418,6 +418,18 @@ def test_directory_import_writes_yaml_and_prints_a_summary(tmp_path):
         build_graph(load_pipeline_config(path))
 
 
+def test_directory_import_without_output_never_writes_into_the_source(tmp_path, monkeypatch):
+    src = tmp_path / "configs"
+    src.mkdir()
+    (src / "plain.json").write_text(json.dumps({"name": "plain", "layers": [[gen(), gen("b")], [comp("fuser")]]}))
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(str(src), "--model-map", "*=embedded")
+    assert res.exit_code == 0, res.output
+    assert list(src.glob("*.yaml")) == []
+    assert (tmp_path / "imported" / "configs" / "plain.yaml").is_file()
+    assert "imported/configs" in " ".join(res.output.split())
+
+
 def test_one_file_goes_to_stdout_and_succeeds(tmp_path):
     src = tmp_path / "one.json"
     src.write_text(json.dumps({"name": "one", "layers": [[gen(samples=2)], [comp("critic")], [comp("fuser")]]}))

@@ -31,13 +31,20 @@ class FileOutcome:
 
 
 def _destination(json_path: Path, root: Path, output: Path | None, single: bool) -> Path | None:
-    """Where one file's YAML goes; None means stdout."""
+    """Where one file's YAML goes; None means stdout. A folder never receives YAML in place:
+    by default it goes to ``imported/<folder name>/`` under the working directory."""
     if output is None:
-        return None if single else json_path.with_suffix(".yaml")
+        if single:
+            return None
+        output = default_output(root)
     if single and output.suffix.lower() in (".yaml", ".yml"):
         return output
     relative = json_path.relative_to(root) if not single else Path(json_path.name)
     return output / relative.with_suffix(".yaml")
+
+
+def default_output(root: Path) -> Path:
+    return Path("imported") / (root.resolve().name or "archon")
 
 
 def convert_file(json_path: Path, model_map: dict[str, str]) -> tuple[str, FileOutcome]:
@@ -67,7 +74,7 @@ def import_archon_command(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o",
         help="folder for the YAML files (or a .yaml path for one file); default: stdout for one file, "
-             "next to each JSON for a folder")] = None,
+             "imported/FOLDER_NAME/ for a folder (never into the source folder)")] = None,
     model_map: Annotated[list[str] | None, typer.Option(
         "--model-map", metavar="SRC=DEST",
         help="rename a model (repeatable); '*=embedded' runs every component on the embedded model")] = None,
@@ -94,6 +101,8 @@ def import_archon_command(
         raise typer.Exit(2)
     root = source if source.is_dir() else source.parent
 
+    if output is None and not single:
+        err.print(f"writing YAML to {escape(str(default_output(root)))}/ (choose another folder with -o)")
     outcomes: list[FileOutcome] = []
     for path in files:
         text, outcome = convert_file(path, mapping)
