@@ -406,15 +406,19 @@ class JudgeGrader(Grader):
         return out
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion; (0, 1) when n = 0."""
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (scipy's); (0, 1) when n = 0.
+
+    ``successes`` may be fractional (partial credit summed); it is rounded to the nearest
+    count, since scipy's interval is defined on counts.
+    """
+    from scipy.stats import binomtest
+
     if n <= 0:
         return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    k = min(n, max(0, round(successes)))
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float, float]:

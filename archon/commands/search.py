@@ -211,4 +211,7 @@ def _print_summary(report: dict[str, Any], out_path: Path) -> None:
     u = report["reuse"]
     out.print(f"tokens generated {u['tokens_generated']:,}; without the shared cache {u['tokens_without_reuse']:,} "
               f"({u['saving']:.0%} saved)")
-    out.print(f"wrote {out_path}/best.yaml, pareto.md, report.md" + (", plots/" if report.get("plots") else ""))
+    written = [name for name in ("best.yaml", "pareto.md", "report.md", "report.json") if (out_path / name).exists()]
+    if report.get("plots"):
+        written.append("plots/")
+    out.print(f"wrote {escape(str(out_path))}/: {', '.join(written)}" if written else "wrote nothing")
