@@ -8,7 +8,6 @@ layer's nodes read every node of the layer before, Archon's shape).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from archon.backends.registry import ModelRegistry, ModelSpec
 from archon.engine.budget import Budget
 from archon.engine.graph import PipelineGraph
-from archon.errors import ConfigError
+from archon.errors import ConfigError, did_you_mean
 from archon.techniques import TECHNIQUES
 from archon.techniques.base import Defaults, Technique
 
@@ -30,7 +29,8 @@ class DefaultsConfig(BaseModel):
     model: str = "embedded"
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1)
-    seed: int = 0
+    seed: int | None = Field(0, description="base seed; null: unseeded, samples differ run to run "
+                                            "(the call cache still keys them by sample index)")
     system: str | None = None
 
     def to_defaults(self) -> Defaults:
@@ -100,9 +100,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _suggest(word: str, options: list[str]) -> str | None:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"did you mean `{close[0]}`?" if close else None
+_suggest = did_you_mean  # the name search/ and benchmarks/ import
 
 
 class _Source:
@@ -155,10 +153,14 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
 def parse_config(data: dict[str, Any], *, file: str | None = None, root: yaml.Node | None = None) -> PipelineConfig:
     src = _Source(file, root)
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         return_err = _from_validation(src, exc, allowed=list(PipelineConfig.model_fields))
         raise return_err from None
+    for name, spec in config.models.items():
+        for problem in spec.pass_through_problems():
+            raise src.error(problem.message, ("models", name, problem.kind, problem.key), problem.hint)
+    return config
 
 
 def technique_class(name: str) -> type[Technique]:

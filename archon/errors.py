@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ArchonError(Exception):
     """Base of every error archon raises on purpose."""
@@ -37,6 +40,20 @@ class ConfigError(ArchonError):
 
 class BackendError(ArchonError):
     """A model call failed for a reason retries cannot fix (server down, unknown model)."""
+
+
+class EngineDiedError(BackendError):
+    """An in-process engine (vLLM) died mid-call; it cannot serve again in this process.
+
+    Raised instead of the engine's own ``EngineDeadError`` so callers (the CLI, ``archon
+    eval``) print one message naming the model, the likely cause and the fix.
+    """
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str | None:
+    """``did you mean `x`?`` for the closest option, or None: the one typo hint archon gives."""
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"did you mean `{close[0]}`?" if close else None
 
 
 class BudgetError(ArchonError):

@@ -71,7 +71,7 @@ class ScoreContext:
     limit and system prompt of the node that runs it, and where to write notes."""
 
     model: str = "embedded"
-    seed: int = 0
+    seed: int | None = 0
     max_tokens: int = 256
     system: str | None = None
     note: Callable[[str], None] = field(default=_ignore)
@@ -141,7 +141,8 @@ class ScorerBase(BaseModel, ABC):
         return GenerationRequest(
             model=self.model or ctx.model, messages=messages, n=n,
             temperature=self.temperature if temperature is None else temperature,
-            max_tokens=self.max_tokens or ctx.max_tokens, seed=ctx.seed + seed_offset,
+            max_tokens=self.max_tokens or ctx.max_tokens,
+            seed=None if ctx.seed is None else ctx.seed + seed_offset,
             logprobs=logprobs, top_logprobs=top_logprobs,
         )
 

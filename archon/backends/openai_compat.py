@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from archon.backends.registry import ModelSpec
 from archon.backends.router import missing_runs
+from archon.backends.server_metrics import PER_SAMPLE_KINDS, SERVER_CONCURRENCY, detect_kind, read_counters
 from archon.backends.types import (
     GenerationRequest,
     GenerationResult,
@@ -59,6 +60,23 @@ class OpenAIBackend:
       (failed attempts compute nothing and are not counted), ``latency_s`` is wall time
       per request. Per-choice token counts are rarely reported: a single choice gets the
       response's count, several get their logprob count or an even split of the total.
+    - Prefix-cache hits come from ``usage.prompt_tokens_details.cached_tokens``. vLLM's
+      server sends it only when started with ``--enable-prompt-tokens-details`` (SGLang:
+      ``--enable-cache-report``); when a response lacks it, its prompt tokens are recorded
+      as ``cache_unknown_prompt_tokens``, not as zero hits, and FLOPs become an upper
+      bound. ``prefix_cache_stats()`` reads the server's own counters (vLLM ``/metrics``).
+    - The server kind is read once, on first use, from ``GET /models`` (``owned_by``). In
+      flight: ``max_concurrency`` requests, or when unset ``server_metrics.SERVER_CONCURRENCY``
+      per URL: 256 for vLLM and SGLang, which batch; 2 for llama.cpp, which decodes one
+      request at a time; 16 otherwise.
+    - On vLLM and SGLang each sample is its own ``n=1`` request, seeded ``seed + index``: the
+      same samples as one request with ``n`` (their parallel sampling seeds child ``i`` with
+      ``seed + i``), but every response then reports its own prompt and cached tokens, so
+      usage follows the in-process backend's convention (prompt once per sample) and matches
+      the server's ``/metrics`` counters; with ``n`` a response reports the prompt once and one
+      child's cache hits. The scheduler batches the requests all the same.
+    - ``extra_sampling`` from the spec goes into every request body (vLLM and SGLang read
+      ``top_k``, ``min_p``, ``repetition_penalty``... there).
     - ``served`` counts answered requests per URL (load-balancing observability).
     """
 
@@ -83,6 +101,8 @@ class OpenAIBackend:
         self.served: Counter[str] = Counter()
         self._api_key = key
         self._n_cap: int | None = None
+        self.server_kind: str | None = None  # found on first use when max_concurrency is unset
+        self.concurrency: int | None = None
         self._next_url = 0
         self._clients: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -99,9 +119,39 @@ class OpenAIBackend:
                 thread = threading.Thread(target=loop.run_forever, name=f"archon-openai-{self.name}", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
-                self._sem = asyncio.Semaphore(max(1, self.spec.max_concurrency))
+                self._sem = asyncio.Semaphore(self._concurrency())
             loop = self._loop
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def _concurrency(self) -> int:
+        """Requests in flight, and samples per request, from the server kind (one ``GET /models``)."""
+        if self.server_kind is None:
+            self.server_kind = detect_kind(self.urls[0], self._api_key)
+        if self.server_kind in PER_SAMPLE_KINDS:
+            self._n_cap = 1
+        if self.spec.max_concurrency is not None:
+            self.concurrency = self.spec.max_concurrency
+        else:
+            self.concurrency = SERVER_CONCURRENCY[self.server_kind] * len(self.urls)  # type: ignore[index]
+        return max(1, self.concurrency)
+
+    def describe(self) -> dict[str, Any]:
+        """Server kind and requests in flight (known after the first call), for run metadata."""
+        return {"backend": "openai", "urls": list(self.urls), "server_kind": self.server_kind,
+                "max_concurrency": self.concurrency, "extra_sampling": dict(self.spec.extra_sampling or {})}
+
+    def prefix_cache_stats(self) -> dict[str, float | int | str] | None:
+        """The servers' own prefix-cache counters summed over URLs (vLLM ``/metrics``; these
+        are cumulative since server start), or None when a server exposes none."""
+        queries = hits = 0.0
+        for url in self.urls:
+            counters = read_counters(url, model=self.model, api_key=self._api_key)
+            if counters is None or "prefix_cache_queries" not in counters:
+                return None
+            queries += counters["prefix_cache_queries"]
+            hits += counters.get("prefix_cache_hits", 0.0)
+        return {"source": "server", "queries": int(queries), "hits": int(hits),
+                "hit_rate": hits / queries if queries else 0.0}
 
     def close(self) -> None:
         with self._start_lock:
@@ -245,12 +295,15 @@ class OpenAIBackend:
             kwargs["stop"] = list(r.stop)
         if r.seed is not None:
             kwargs["seed"] = r.seed + r.sample_offset + first
+        extra = dict(self.spec.extra_sampling or {})
         parsed: list[tuple[str, str, list[TokenLogprob] | None]] = []
         if r.messages is not None:
             messages = [{"role": m.role, "content": m.content} for m in r.messages]
             if r.assistant_prefix:
                 messages.append({"role": "assistant", "content": r.assistant_prefix})
-                kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+            if extra:
+                kwargs["extra_body"] = extra
             if r.logprobs:
                 kwargs.update(logprobs=True, top_logprobs=r.top_logprobs)
             response, _ = await self._call("chat", messages=messages, **kwargs)
@@ -260,6 +313,8 @@ class OpenAIBackend:
         else:
             if r.logprobs:
                 kwargs["logprobs"] = r.top_logprobs
+            if extra:
+                kwargs["extra_body"] = extra
             response, _ = await self._call("completions", prompt=r.prompt + r.assistant_prefix, **kwargs)
             for c in sorted(response.choices, key=lambda c: c.index):
                 lp = _completion_logprobs(c.logprobs, r.top_logprobs) if r.logprobs else None
@@ -311,13 +366,18 @@ class OpenAIBackend:
 
 
 def _usage(response: Any) -> Usage:
+    """Tokens as reported; prompt tokens without a reported cache figure count as unknown, not 0 hits."""
     u = getattr(response, "usage", None)
     usage = Usage(calls=1)
     if u is not None:
         usage.prompt_tokens = u.prompt_tokens or 0
         usage.completion_tokens = u.completion_tokens or 0
         details = getattr(u, "prompt_tokens_details", None)
-        usage.cached_prompt_tokens = (getattr(details, "cached_tokens", None) or 0) if details else 0
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
+        if cached is None:
+            usage.cache_unknown_prompt_tokens = usage.prompt_tokens
+        else:
+            usage.cached_prompt_tokens = min(int(cached), usage.prompt_tokens)
     return usage
 
 

@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from archon.backends.accounting import CallTag, UsageLedger, flops_for
 from archon.backends.base import Backend
@@ -61,6 +62,16 @@ class ModelRouter:
         if model not in self._backends:
             self._backends[model] = self.factory(model, self.registry.get(model))
         return self._backends[model]
+
+    def backend_settings(self) -> dict[str, dict[str, Any]]:
+        """What each started backend actually runs with (vLLM's engine arguments after
+        archon's platform defaults, a server's detected kind and concurrency), for run metadata."""
+        out: dict[str, dict[str, Any]] = {}
+        for model, backend in self._backends.items():
+            describe = getattr(backend, "describe", None)
+            if callable(describe):
+                out[model] = describe()
+        return out
 
     def close(self) -> None:
         for backend in self._backends.values():
