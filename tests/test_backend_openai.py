@@ -368,3 +368,24 @@ def test_reported_unreported_and_server_counted_cache_hits():
     assert rb.usage.cached_prompt_tokens == 0 and rb.usage.cache_unknown_prompt_tokens == 40
     assert rb.usage.flops_upper_bound
     assert stats == {"source": "server", "queries": 1200, "hits": 900, "hit_rate": 0.75}
+
+
+CHAT_REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "o1-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+@pytest.mark.parametrize("sampling", [True, False])
+def test_sampling_off_sends_no_temperature_top_p_or_max_tokens(sampling):
+    """o1 models reject these; Archon sends neither (`sampling: false` in the model spec)."""
+    stub = _Stub(200, CHAT_REPLY)
+    b = backend(stub.url, name="o1-mini", sampling=sampling)
+    try:
+        (result,) = b.generate([req(model="o1-mini", messages=(Message("user", "hi"),), temperature=0.3)])
+    finally:
+        b.close()
+        stub.close()
+    assert result.samples[0].text == "hi"
+    sent = stub.bodies[0]
+    assert ({"temperature", "top_p", "max_tokens"} <= set(sent)) is sampling
+    assert not ({"temperature", "top_p", "max_tokens"} & set(sent)) or sampling
