@@ -52,10 +52,21 @@ NAME = "bench-model"
 TOLERANCE = 0.05
 
 
-def load_questions(path: Path, k: int) -> list[str]:
+def load_questions(path: Path, k: int, shots: int = 0) -> list[str]:
+    """The first ``k`` questions; with ``shots``, each after the same worked examples from the
+    train split (a shared prefix: what makes prefix-cache hits, hence the 5% check, non-trivial;
+    prefix caching works on full KV blocks, and a bare question is shorter than one)."""
     if not path.is_file():
         sys.exit(f"GSM8K questions not found at {path}; pass --data PATH (a JSONL with `question`)")
-    return [json.loads(line)["question"] for line in path.read_text().splitlines()[:k]]
+    questions = [json.loads(line)["question"] for line in path.read_text().splitlines()[:k]]
+    if not shots:
+        return questions
+    train = path.with_name("train.jsonl")
+    if not train.is_file():
+        sys.exit(f"--shots needs {train}")
+    examples = [json.loads(line) for line in train.read_text().splitlines()[:shots]]
+    header = "".join(f"Question: {e['question']}\nAnswer: {e['answer']}\n\n" for e in examples)
+    return [f"{header}Question: {q}\nAnswer:" for q in questions]
 
 
 def _pipeline(spec: ModelSpec, args: argparse.Namespace) -> Pipeline:
@@ -158,6 +169,7 @@ def main() -> int:
     parser.add_argument("--parameters", type=float, default=None, help="parameter count for FLOPs")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--shots", type=int, default=4, help="worked train examples before each question")
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.8)
@@ -174,9 +186,10 @@ def main() -> int:
 
         model = str(ensure_embedded_hf())
         parameters = parameters or EMBEDDED_PARAMETERS
-    questions = load_questions(args.data, args.questions)
+    questions = load_questions(args.data, args.questions, args.shots)
     load = os.getloadavg()[0]
-    report: dict[str, Any] = {"setup": {"questions": len(questions), "n": args.n, "max_tokens": args.max_tokens,
+    report: dict[str, Any] = {"setup": {"questions": len(questions), "shots": args.shots, "n": args.n,
+                                        "max_tokens": args.max_tokens,
                                         "temperature": args.temperature, "seed": args.seed, "model": model,
                                         "load_average_at_start": round(load, 2), "cpus": os.cpu_count(),
                                         "machine": platform.machine()}}
@@ -275,7 +288,8 @@ def markdown(r: dict[str, Any]) -> str:
                     f"{vs} |")
     same = r["same_samples"]
     return "\n".join([
-        f"# vLLM at a realistic batch: {s['questions']} GSM8K questions × n={s['n']}, max_tokens {s['max_tokens']}",
+        f"# vLLM at a realistic batch: {s['questions']} GSM8K questions ({s.get('shots', 0)}-shot) × n={s['n']}, "
+        f"max_tokens {s['max_tokens']}",
         "",
         f"{s.get('device')} · vLLM {s.get('vllm')} · dtype {s.get('dtype')} · {s['cpus']} CPUs · "
         f"load average at start {s['load_average_at_start']} · model `{s['model']}` · engine start "
