@@ -103,7 +103,9 @@ def run_plain(base_url: str, questions: list[str], args: argparse.Namespace) -> 
     start = time.perf_counter()
     responses = asyncio.run(_plain(base_url, questions, args))
     wall = time.perf_counter() - start
-    texts = [[c.message.content or "" for c in sorted(r.choices, key=lambda c: c.index)] for r in responses]
+    # stripped, as archon's candidates are, so the comparison is of samples, not whitespace
+    texts = [[(c.message.content or "").strip() for c in sorted(r.choices, key=lambda c: c.index)]
+             for r in responses]
     details = [getattr(r.usage, "prompt_tokens_details", None) for r in responses]
     return {"wall_s": round(wall, 2), "generated_tokens": sum(r.usage.completion_tokens for r in responses),
             "client_usage": {"prompt_tokens": sum(r.usage.prompt_tokens for r in responses),
