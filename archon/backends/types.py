@@ -132,6 +132,7 @@ class Usage:
     latency_s: float = 0.0
     flops: float = 0.0
     cache_hits: int = 0
+    retries: int = 0  # transient failures retried before the answer came (server restarts, 5xx)
 
     @property
     def total_tokens(self) -> int:
@@ -152,9 +153,12 @@ class Usage:
             latency_s=self.latency_s + other.latency_s,
             flops=self.flops + other.flops,
             cache_hits=self.cache_hits + other.cache_hits,
+            retries=self.retries + other.retries,
         )
 
     def to_dict(self) -> dict[str, int | float]:
+        """``retries`` appears only when some happened, so the usual rows keep their shape."""
+        extra: dict[str, int | float] = {"retries": self.retries} if self.retries else {}
         return {
             "prompt_tokens": self.prompt_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
@@ -165,6 +169,7 @@ class Usage:
             "latency_s": round(self.latency_s, 6),
             "flops": self.flops,
             "cache_hits": self.cache_hits,
+            **extra,
         }
 
     @classmethod
@@ -175,7 +180,7 @@ class Usage:
                    cache_unknown_prompt_tokens=int(data.get("cache_unknown_prompt_tokens", 0)),
                    completion_tokens=int(data.get("completion_tokens", 0)), calls=int(data.get("calls", 0)),
                    latency_s=float(data.get("latency_s", 0.0)), flops=float(data.get("flops", 0.0)),
-                   cache_hits=int(data.get("cache_hits", 0)))
+                   cache_hits=int(data.get("cache_hits", 0)), retries=int(data.get("retries", 0)))
 
 
 @dataclass

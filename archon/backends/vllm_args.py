@@ -34,6 +34,9 @@ SPEC_ENGINE_FIELDS: dict[str, str] = {
     "dtype": "dtype",
     "max_model_len": "max_model_len",
     "tensor_parallel_size": "tensor_parallel_size",
+    "pipeline_parallel_size": "pipeline_parallel_size",
+    "data_parallel_size": "data_parallel_size",
+    "distributed_executor_backend": "distributed_executor_backend",
     "gpu_memory_utilization": "gpu_memory_utilization",
     "enforce_eager": "enforce_eager",
 }
