@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
-
 
 class ArchonError(Exception):
     """Base of every error archon raises on purpose."""
@@ -54,12 +51,6 @@ class EngineDiedError(BackendError):
     Raised instead of the engine's own ``EngineDeadError`` so callers (the CLI, ``archon
     eval``) print one message naming the model, the likely cause and the fix.
     """
-
-
-def did_you_mean(word: str, options: Iterable[str]) -> str | None:
-    """``did you mean `x`?`` for the closest option, or None: the one typo hint archon gives."""
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"did you mean `{close[0]}`?" if close else None
 
 
 class BudgetError(ArchonError):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
-from archon.errors import did_you_mean
+from archon.registry import suggest
 
 ArgKind = Literal["engine_args", "extra_sampling"]
 
@@ -101,5 +101,5 @@ def check(kind: ArgKind, given: Mapping[str, Any] | None, *, known: frozenset[st
         elif known is not None and key not in known:
             what = "vllm.EngineArgs" if kind == "engine_args" else "vllm.SamplingParams"
             problems.append(ArgProblem(kind, key, f"unknown {kind} key {key!r}: not a {what} field",
-                                       did_you_mean(key, sorted(known))))
+                                       suggest(key, sorted(known))))
     return problems
