@@ -86,8 +86,11 @@ def run(
                 else:
                     print(result.answer)
                     u = result.usage
+                    unknown = int(u.get("cache_unknown_prompt_tokens", 0))
+                    cached = f"{int(u['cached_prompt_tokens'])} cached" + (
+                        f" + unknown for {unknown} (server did not report)" if unknown else "")
                     err.print(f"[dim]{int(u['total_tokens'])} tokens ({int(u['prompt_tokens'])} prompt, "
-                              f"{int(u['cached_prompt_tokens'])} cached, {int(u['completion_tokens'])} completion), "
+                              f"{cached}, {int(u['completion_tokens'])} completion), "
                               f"{int(u['calls'])} calls, {int(u['cache_hits'])} cache hits, "
                               f"{result.latency_s:.1f}s[/]")
                 if result.error:

@@ -33,7 +33,8 @@ class DefaultsConfig(BaseModel):
     model: str = "embedded"
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1)
-    seed: int = 0
+    seed: int | None = Field(0, description="base seed; null: unseeded, samples differ run to run "
+                                            "(the call cache still keys them by sample index)")
     system: str | None = None
 
     def to_defaults(self) -> Defaults:
@@ -170,10 +171,14 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
 def parse_config(data: dict[str, Any], *, file: str | None = None, root: yaml.Node | None = None) -> PipelineConfig:
     src = _Source(file, root)
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         return_err = _from_validation(src, exc, allowed=list(PipelineConfig.model_fields))
         raise return_err from None
+    for name, spec in config.models.items():
+        for problem in spec.pass_through_problems():
+            raise src.error(problem.message, ("models", name, problem.kind, problem.key), problem.hint)
+    return config
 
 
 def technique_class(name: str, plugins: Sequence[str] | None = None) -> type[Technique]:

@@ -45,5 +45,13 @@ class BackendError(ArchonError):
     """A model call failed for a reason retries cannot fix (server down, unknown model)."""
 
 
+class EngineDiedError(BackendError):
+    """An in-process engine (vLLM) died mid-call; it cannot serve again in this process.
+
+    Raised instead of the engine's own ``EngineDeadError`` so callers (the CLI, ``archon
+    eval``) print one message naming the model, the likely cause and the fix.
+    """
+
+
 class BudgetError(ArchonError):
     """A compute budget is too small for the pipeline to produce any answer."""

@@ -64,7 +64,7 @@ RUN_FILE = "run.json"
 SUMMARY_LOCK_FILE = ".summary.lock"
 SUMMARY_FILE = "summary.json"
 USAGE_KEYS = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "total_tokens", "calls", "latency_s",
-              "flops", "cache_hits")
+              "flops", "cache_hits", "cache_unknown_prompt_tokens")
 
 
 class EvalSummary(BaseModel):
@@ -94,6 +94,10 @@ class EvalSummary(BaseModel):
     tokens_per_query: float = 0.0
     prompt_tokens_per_query: float = 0.0
     cached_prompt_tokens_per_query: float = 0.0
+    # prompt tokens whose prefix-cache hits the server did not report: cached_prompt_tokens is
+    # then a lower bound and FLOPs an upper bound (see Usage.cache_unknown_prompt_tokens)
+    cache_unknown_prompt_tokens_per_query: float = 0.0
+    flops_upper_bound: bool = False
     completion_tokens_per_query: float = 0.0
     calls_per_query: float = 0.0
     flops_per_query: float = 0.0
@@ -490,6 +494,9 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
     finally:
         session["wall_s"] = round(time.perf_counter() - started, 3)
         session["finished_at"] = _now()
+        settings = getattr(pipe.router, "backend_settings", None)
+        if callable(settings):  # engine arguments in effect (engine_args + archon's platform defaults)
+            session["backends"] = settings()
         _write_json(manifest_path, manifest)
         with FileLock(str(run_dir / SUMMARY_LOCK_FILE), timeout=60):  # shards finishing together: one at a time
             summary = summarize(run_dir, ids=all_ids)
@@ -696,11 +703,13 @@ def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSumm
         s.tokens_per_query = totals.get("total_tokens", 0) / n
         s.prompt_tokens_per_query = totals.get("prompt_tokens", 0) / n
         s.cached_prompt_tokens_per_query = totals.get("cached_prompt_tokens", 0) / n
+        s.cache_unknown_prompt_tokens_per_query = totals.get("cache_unknown_prompt_tokens", 0) / n
         s.completion_tokens_per_query = totals.get("completion_tokens", 0) / n
         s.calls_per_query = totals.get("calls", 0) / n
         s.flops_per_query = totals.get("flops", 0) / n
         s.latency_per_query_s = sum(float(r.get("latency_s", 0.0)) for r in rows) / n
     s.cache_hits = int(spent.get("cache_hits", 0))
+    s.flops_upper_bound = totals.get("cache_unknown_prompt_tokens", 0) > 0
     gu = [r["grader_usage"] for r in rows if r.get("grader_usage")]
     if gu:
         s.grader_usage = _sum_usage(gu)

@@ -189,7 +189,7 @@ def cells(e: Entry) -> list[str]:
         _fmt_num(s.tokens_per_query),
         _fmt_num(s.calls_per_query),
         f"{s.latency_per_query_s:.2f}s",
-        f"{s.flops_per_query:.3g}",
+        ("≤" if s.flops_upper_bound else "") + f"{s.flops_per_query:.3g}",  # server hid its cache hits
         n + (f" ({s.errors} err)" if s.errors else ""),
         "*" if e.pareto else "",
     ]
@@ -202,7 +202,8 @@ def record(e: Entry, g: Group) -> dict[str, Any]:
         "metric": s.metric, "accuracy": s.accuracy, "ci_low": s.ci_low, "ci_high": s.ci_high,
         "coverage": s.coverage, "pass_at_k": s.pass_at_k, "tokens_per_query": s.tokens_per_query,
         "calls_per_query": s.calls_per_query, "latency_per_query_s": s.latency_per_query_s,
-        "flops_per_query": s.flops_per_query, "n": s.n, "n_total": s.n_total, "errors": s.errors,
+        "flops_per_query": s.flops_per_query, "flops_upper_bound": s.flops_upper_bound,
+        "n": s.n, "n_total": s.n_total, "errors": s.errors,
         "pareto": e.pareto, "config_hash": s.pipeline.get("config_hash"),
         "grader": f"{s.grader.get('name')} {s.grader.get('version')}",
     }

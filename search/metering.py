@@ -103,8 +103,4 @@ class MeteredRouter(ModelRouter):
 
 
 def usage_from_dict(data: dict[str, int | float]) -> Usage:
-    return Usage(prompt_tokens=int(data.get("prompt_tokens", 0)),
-                 cached_prompt_tokens=int(data.get("cached_prompt_tokens", 0)),
-                 completion_tokens=int(data.get("completion_tokens", 0)), calls=int(data.get("calls", 0)),
-                 latency_s=float(data.get("latency_s", 0.0)), flops=float(data.get("flops", 0.0)),
-                 cache_hits=int(data.get("cache_hits", 0)))
+    return Usage.from_dict(data)

@@ -109,6 +109,30 @@ def test_n_emulation_and_seeds(live):
         b.close()
 
 
+def test_server_kind_concurrency_and_unreported_cache_hits(live):
+    """llama.cpp's server says ``owned_by: me`` and reports no prompt_tokens_details: two
+    requests in flight, and its prompt tokens' cache hits are unknown, not zero."""
+    registry = ModelRegistry({ALIAS: ModelSpec(backend="openai", base_url=live.base_url, parameters=1e6)})
+    router = ModelRouter(registry=registry)
+    try:
+        (res,) = router.generate([req(prompt=FEW_SHOT, max_tokens=2, temperature=0.0)])
+        b = router.backend(ALIAS)
+        assert b.server_kind == "llama.cpp" and b.concurrency == 2
+        assert b.describe()["max_concurrency"] == 2 and b.prefix_cache_stats() is None  # no /metrics
+    finally:
+        router.close()
+    u = res.usage
+    assert u.prompt_tokens > 0 and u.cached_prompt_tokens == 0 and u.cache_unknown_prompt_tokens == u.prompt_tokens
+    assert u.flops_upper_bound and u.flops == 2 * 1e6 * (u.prompt_tokens + u.completion_tokens)
+    assert u.to_dict()["cache_unknown_prompt_tokens"] == u.prompt_tokens
+    fixed = backend(live.base_url, max_concurrency=5)
+    try:
+        fixed.generate([req(prompt=FEW_SHOT, max_tokens=1)])
+        assert fixed.concurrency == 5 and fixed.server_kind == "llama.cpp"
+    finally:
+        fixed.close()
+
+
 def test_stop_strings(live):
     b = backend(live.base_url)
     try:
@@ -231,7 +255,8 @@ def test_missing_api_key_env_is_reported(monkeypatch):
 
 
 class _Stub:
-    def __init__(self, status: int, body: dict, *, port: int = 0, delay_s: float = 0.0) -> None:
+    def __init__(self, status: int, body: dict, get: dict[str, str] | None = None, *, port: int = 0,
+                 delay_s: float = 0.0) -> None:
         self.hits = 0
         self.auth: list[str] = []
         self.bodies: list[dict] = []
@@ -250,8 +275,13 @@ class _Stub:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # /models: the server is alive
-                data = json.dumps({"object": "list", "data": []}).encode()
+            def do_GET(self) -> None:  # `get` answers by path; else /models: alive, no owner named
+                text = (get or {}).get(self.path)
+                if text is None and not self.path.endswith("/models"):
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                data = (text or json.dumps({"object": "list", "data": []})).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -298,6 +328,54 @@ def test_server_errors_are_retried_then_reported():
         b.close()
         stub.close()
     assert stub.hits == 3 and "3 attempts" in str(info.value) and stub.auth == ["Bearer EMPTY"] * 3
+
+
+def _completion(details: dict | None) -> dict:
+    usage = {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}
+    if details is not None:
+        usage["prompt_tokens_details"] = details
+    return {"id": "c", "object": "text_completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "text": " 7", "finish_reason": "stop", "logprobs": None}], "usage": usage}
+
+
+# vLLM's own /metrics lines (0.32): counters per model, `_total` and `_created` samples.
+_METRICS = """# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1200.0
+vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7e9
+vllm:prefix_cache_queries_total{engine="0",model_name="other"} 99.0
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 900.0
+vllm:prompt_tokens_total{engine="0",model_name="m"} 1300.0
+"""
+
+
+def test_reported_unreported_and_server_counted_cache_hits():
+    """vLLM with --enable-prompt-tokens-details sends cached_tokens; without it, nothing:
+    archon records those prompt tokens as unknown. The server's /metrics says the truth."""
+    models = json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "vllm"}]})
+    with_details = _Stub(200, _completion({"cached_tokens": 32}), get={"/v1/models": models, "/metrics": _METRICS})
+    without = _Stub(200, _completion(None))
+    a = backend(with_details.url, name="m", extra_sampling={"top_k": 5, "min_p": 0.1})
+    b = backend(without.url, name="m")
+    try:
+        (ra,) = a.generate([req(model="m", prompt="3+4=", n=3, seed=5)])
+        (rb,) = b.generate([req(model="m", prompt="3+4=")])
+        stats = a.prefix_cache_stats()
+    finally:
+        a.close()
+        b.close()
+        with_details.close()
+        without.close()
+    # vLLM: one n=1 request per sample (seeded seed + index), each reporting its own cache hits
+    assert a.server_kind == "vllm" and a.concurrency == 256 and b.server_kind == "other" and b.concurrency == 16
+    assert [body.get("n") for body in with_details.bodies] == [None] * 3
+    assert sorted(body["seed"] for body in with_details.bodies) == [5, 6, 7]
+    assert all(body["top_k"] == 5 and body["min_p"] == 0.1 for body in with_details.bodies)  # extra_sampling
+    assert ra.usage.prompt_tokens == 120 and ra.usage.cached_prompt_tokens == 96
+    assert ra.usage.cache_unknown_prompt_tokens == 0 and not ra.usage.flops_upper_bound
+    assert rb.usage.cached_prompt_tokens == 0 and rb.usage.cache_unknown_prompt_tokens == 40
+    assert rb.usage.flops_upper_bound
+    assert stats == {"source": "server", "queries": 1200, "hits": 900, "hit_rate": 0.75}
 
 
 # -- server faults (issue 14) --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import math
 import time
 
 import pytest
+from conftest import SHARED_DATA
 
 pytest.importorskip("vllm")
 pytest.importorskip("transformers")
@@ -20,8 +21,8 @@ from archon.backends.convert import MARKER, convert_gguf_to_hf, ensure_embedded_
 from archon.backends.registry import EMBEDDED_PARAMETERS, ModelRegistry, ModelSpec
 from archon.backends.router import ModelRouter
 from archon.backends.types import GenerationRequest, Message, ScoreRequest
-from archon.backends.vllm_offline import ENGINES, VLLMBackend
-from archon.errors import BackendError, ConfigError
+from archon.backends.vllm_offline import ENGINES, VLLMBackend, _on_cpu
+from archon.errors import BackendError, ConfigError, EngineDiedError
 
 pytestmark = pytest.mark.vllm
 
@@ -169,3 +170,75 @@ def test_router_sends_one_backend_call_and_records_flops(backend, vllm_spec):
     finally:
         router.close()
     assert backend.generate([_req(prompt="1+1=", max_tokens=2)])[0].samples  # still alive
+
+
+# -- batches whose prefill is chunked (issue 17) ------------------------------------------
+
+
+def _gsm8k_requests(k: int, n: int, max_tokens: int, model: str = MODEL) -> list[GenerationRequest]:
+    """``k`` distinct GSM8K questions as chats, ``n`` seeded samples each: a prefill larger
+    than one step's budget, from prompts that share no long prefix (a shared prefix would be
+    served from the prefix cache and hide the bug)."""
+    path = SHARED_DATA / "gsm8k" / "test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"needs {path}")
+    lines = path.read_text().splitlines()[:k]
+    return [GenerationRequest(model=model, messages=(Message("user", json.loads(line)["question"]),), n=n,
+                              temperature=0.8, max_tokens=max_tokens, seed=7) for line in lines]
+
+
+def test_cpu_defaults_turn_chunked_prefill_off_and_engine_args_win(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    kwargs = VLLMBackend("x", ModelSpec(backend="vllm", path=str(folder))).engine_kwargs()
+    over = VLLMBackend("x", ModelSpec(backend="vllm", path=str(folder), engine_args={
+        "enable_chunked_prefill": True, "max_num_batched_tokens": 512, "max_num_seqs": 16})).engine_kwargs()
+    if _on_cpu():
+        assert kwargs["enable_chunked_prefill"] is False and "max_num_batched_tokens" not in kwargs
+    else:  # GPU defaults untouched: vLLM's own choice
+        assert "enable_chunked_prefill" not in kwargs
+    assert over["enable_chunked_prefill"] is True and over["max_num_batched_tokens"] == 512
+    assert over["max_num_seqs"] == 16
+    with pytest.raises(ConfigError, match="did you mean `max_num_seqs`"):
+        VLLMBackend("x", ModelSpec(backend="vllm", path=str(folder), engine_args={"max_num_seq": 4}))
+
+
+def test_seeded_batch_larger_than_a_step_survives_on_default_settings(backend):
+    """16 GSM8K questions x n=8: ~10k prompt tokens against a 4,096-token step. With vLLM's
+    default (chunked prefill) this kills the CPU engine (next test); archon's default serves it."""
+    engine_kwargs = backend.describe()["engine_kwargs"]
+    budget = int(backend.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens)
+    reqs = _gsm8k_requests(16, 8, max_tokens=3)
+    prompt = sum(len(backend.prompt_ids(r)) * r.n for r in reqs)
+    assert prompt > 2 * budget  # the batch does not fit one step
+    results = backend.generate(reqs)
+    assert [len(r.samples) for r in results] == [8] * 16
+    assert sum(r.usage.prompt_tokens for r in results) == prompt
+    if _on_cpu():
+        assert engine_kwargs["enable_chunked_prefill"] is False
+    again = backend.generate(reqs[:2])  # seeded: the same samples, whatever else is in the batch
+    assert [r.texts for r in again] == [r.texts for r in results[:2]]
+
+
+def test_engine_death_on_seeded_chunked_prefill_is_an_archon_error(vllm_dir):
+    """The upstream bug, reproduced on purpose: chunked prefill forced back on (small step
+    budget, small KV cache: cheap) and a seeded batch that must be split. If this starts to
+    pass without an error, vLLM fixed it and the CPU default can go."""
+    if not _on_cpu():
+        pytest.skip("the seeded chunked-prefill crash is CPU-only (CUDA generators accept the offset)")
+    spec = ModelSpec(backend="vllm", path=str(vllm_dir), max_model_len=1024, engine_args={
+        "enable_chunked_prefill": True, "max_num_batched_tokens": 256, "kv_cache_memory_bytes": 256 << 20})
+    b = VLLMBackend("chunked", spec)
+    try:
+        with pytest.raises(EngineDiedError) as info:
+            b.generate(_gsm8k_requests(16, 8, max_tokens=2, model="chunked"))
+        text = str(info.value)
+        assert "'chunked'" in text and "enable_chunked_prefill=True" in text and "seed: null" in text
+        assert isinstance(info.value, BackendError)  # the CLI prints it as a backend error, no traceback
+        with pytest.raises(EngineDiedError):  # a dead engine fails fast instead of hanging
+            b.generate(_gsm8k_requests(1, 1, max_tokens=1, model="chunked"))
+        assert b._key is None and all("256" not in dict(k).get("max_num_batched_tokens", "")
+                                      for k in ENGINES._engines)
+    finally:
+        b.close()

@@ -175,3 +175,28 @@ def test_technique_error_marks_the_query_not_the_batch():
     ok, bad = pipe.run_batch(["a", "b"])
     assert ok.error is None and ok.answer == "fine"
     assert bad.error and "kaput" in bad.error and bad.answer == ""
+
+
+def test_unseeded_pipeline_sends_no_seed_and_the_cache_keys_samples_by_index(tmp_cache, tmp_path):
+    """``seed: null``: requests go out unseeded (samples differ run to run on a real engine);
+    the call cache still keys them by sample index, so a rerun with the cache on reuses them."""
+    from archon.config import load_yaml, parse_config
+    from archon.engine.executor import _rng_for
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("defaults: {seed: null}\nnodes:\n  - {id: sample, technique: generate, samples: 4}\n"
+                   "  - {id: vote, technique: vote}\n")
+    data, root = load_yaml(cfg)
+    config = parse_config(data, file=str(cfg), root=root)
+    assert config.defaults.seed is None
+    router, backends = scripted_router(cache=tmp_cache)
+    pipe = Pipeline.from_config(config, router=router)
+    first = pipe.run("What is 2+2?")
+    (batch,) = backends["embedded"].batches
+    assert [r.seed for r in batch] == [None] and batch[0].n == 4
+    again = pipe.run("What is 2+2?")
+    assert len(backends["embedded"].batches) == 1 and again.usage["cache_hits"] == 4
+    assert again.answer == first.answer
+    # the node's own random stream (resampling, ties) is unseeded too; seeded ones repeat
+    assert _rng_for(None, "n", "q").random() != _rng_for(None, "n", "q").random()
+    assert _rng_for(0, "n", "q").random() == _rng_for(0, "n", "q").random()

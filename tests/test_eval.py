@@ -337,6 +337,35 @@ def test_evaluate_writes_rows_and_summary(tmp_path):
     assert summarize(tmp_path / "run").accuracy == s.accuracy
 
 
+def test_run_json_records_backend_settings_and_unknown_cache_hits(tmp_path):
+    """What each backend ran with (vLLM's engine arguments, a server's kind) lands in
+    run.json; prompt tokens whose cache hits a server hid make FLOPs an upper bound."""
+    pipe, backend = vote_pipeline()
+    real = backend.generate
+
+    def unreported(requests):  # a server without --enable-prompt-tokens-details
+        results = real(requests)
+        for r in results:
+            r.usage.cache_unknown_prompt_tokens = r.usage.prompt_tokens
+        return results
+
+    backend.generate = unreported
+    backend.describe = lambda: {"backend": "vllm", "engine_kwargs": {"enable_chunked_prefill": False}}
+    s = evaluate(pipe, ARITH, tmp_path / "run", batch_size=12)
+    session = json.loads((tmp_path / "run" / "run.json").read_text())["sessions"][-1]
+    assert session["backends"] == {"embedded": {"backend": "vllm", "engine_kwargs": {"enable_chunked_prefill": False}}}
+    assert s.flops_upper_bound and s.cache_unknown_prompt_tokens_per_query == s.prompt_tokens_per_query > 0
+    assert s.totals["cache_unknown_prompt_tokens"] > 0
+    from rich.console import Console
+
+    from archon.commands.evaluate import summary_table
+
+    console = Console(record=True, width=200)
+    console.print(summary_table(s))
+    text = console.export_text()
+    assert "upper bound" in text and "--enable-prompt-tokens-details" in text
+
+
 def test_resume_after_a_kill_skips_finished_questions(tmp_path):
     full, _ = vote_pipeline()
     evaluate(full, ARITH, tmp_path / "full")

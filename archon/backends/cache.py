@@ -4,6 +4,12 @@ Keys are built from backend-independent content (model name, prompt, sampling
 parameters, seed, sample index), so a cached sample is reused whichever engine
 produced it, and ``n`` samples at temperature > 0 stay distinct. SQLite in WAL mode
 lets several processes (parallel search workers) share one file.
+
+Unseeded requests (``seed: null``) are cached too, keyed by sample index with a null
+seed. So with the cache on, a rerun returns the first run's samples (``--no-cache``, or
+another cache path, draws fresh ones). That is the choice on purpose: an unseeded sample
+is still a fair draw from the same distribution, and the cache is what makes ``archon
+eval`` resumable and a search affordable; runs that must differ should not share a cache.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class HTTPRewardBackend:
     def reward(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
         if not requests:
             return []
-        with ThreadPoolExecutor(max_workers=max(1, min(self.spec.max_concurrency, len(requests)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(self.spec.max_concurrency or 16, len(requests)))) as pool:
             return list(pool.map(self._one, requests))
 
     def _one(self, request: RewardRequest) -> RewardResult:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from archon.backends.registry import ModelSpec
 from archon.backends.replicas import ReplicaPicker
 from archon.backends.router import missing_runs
+from archon.backends.server_metrics import PER_SAMPLE_KINDS, SERVER_CONCURRENCY, detect_kind, read_counters
 from archon.backends.types import (
     GenerationRequest,
     GenerationResult,
@@ -68,6 +69,23 @@ class OpenAIBackend:
       (failed attempts compute nothing and are not counted), ``latency_s`` is wall time
       per request. Per-choice token counts are rarely reported: a single choice gets the
       response's count, several get their logprob count or an even split of the total.
+    - Prefix-cache hits come from ``usage.prompt_tokens_details.cached_tokens``. vLLM's
+      server sends it only when started with ``--enable-prompt-tokens-details`` (SGLang:
+      ``--enable-cache-report``); when a response lacks it, its prompt tokens are recorded
+      as ``cache_unknown_prompt_tokens``, not as zero hits, and FLOPs become an upper
+      bound. ``prefix_cache_stats()`` reads the server's own counters (vLLM ``/metrics``).
+    - The server kind is read once, on first use, from ``GET /models`` (``owned_by``). In
+      flight: ``max_concurrency`` requests, or when unset ``server_metrics.SERVER_CONCURRENCY``
+      per URL: 256 for vLLM and SGLang, which batch; 2 for llama.cpp, which decodes one
+      request at a time; 16 otherwise.
+    - On vLLM and SGLang each sample is its own ``n=1`` request, seeded ``seed + index``: the
+      same samples as one request with ``n`` (their parallel sampling seeds child ``i`` with
+      ``seed + i``), but every response then reports its own prompt and cached tokens, so
+      usage follows the in-process backend's convention (prompt once per sample) and matches
+      the server's ``/metrics`` counters; with ``n`` a response reports the prompt once and one
+      child's cache hits. The scheduler batches the requests all the same.
+    - ``extra_sampling`` from the spec goes into every request body (vLLM and SGLang read
+      ``top_k``, ``min_p``, ``repetition_penalty``... there).
     - ``served`` counts answered requests per URL (load-balancing observability).
     """
 
@@ -92,6 +110,8 @@ class OpenAIBackend:
         self.served: Counter[str] = Counter()
         self._api_key = key
         self._n_cap: int | None = None
+        self.server_kind: str | None = None  # found on first use when max_concurrency is unset
+        self.concurrency: int | None = None
         self.replicas = ReplicaPicker(urls, spec.routing)
         self._replica_usage: dict[str, Usage] = {}
         self._clients: dict[str, Any] = {}
@@ -109,7 +129,7 @@ class OpenAIBackend:
                 thread = threading.Thread(target=loop.run_forever, name=f"archon-openai-{self.name}", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
-                self._sem = asyncio.Semaphore(max(1, self.spec.max_concurrency))
+                self._sem = asyncio.Semaphore(self._concurrency())
             return self._loop
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -119,6 +139,40 @@ class OpenAIBackend:
         """Awaits ``coro`` on the private loop from another event loop; cancelling the
         caller cancels the requests (the dataflow executor drops a disconnected query)."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()))
+
+    def _concurrency(self) -> int:
+        """Requests in flight, and samples per request, from the server kind (one ``GET /models``)."""
+        if self.server_kind is None:
+            self.server_kind = detect_kind(self.urls[0], self._api_key)
+        if self.server_kind in PER_SAMPLE_KINDS:
+            self._n_cap = 1
+        if self.spec.max_concurrency is not None:
+            self.concurrency = self.spec.max_concurrency
+        else:
+            self.concurrency = SERVER_CONCURRENCY[self.server_kind] * len(self.urls)  # type: ignore[index]
+        return max(1, self.concurrency)
+
+    def concurrency_limit(self) -> int:
+        """Requests this backend keeps in flight (the spec's ``max_concurrency``, else by server kind)."""
+        return self._concurrency()
+
+    def describe(self) -> dict[str, Any]:
+        """Server kind and requests in flight (known after the first call), for run metadata."""
+        return {"backend": "openai", "urls": list(self.urls), "server_kind": self.server_kind,
+                "max_concurrency": self.concurrency, "extra_sampling": dict(self.spec.extra_sampling or {})}
+
+    def prefix_cache_stats(self) -> dict[str, float | int | str] | None:
+        """The servers' own prefix-cache counters summed over URLs (vLLM ``/metrics``; these
+        are cumulative since server start), or None when a server exposes none."""
+        queries = hits = 0.0
+        for url in self.urls:
+            counters = read_counters(url, model=self.model, api_key=self._api_key)
+            if counters is None or "prefix_cache_queries" not in counters:
+                return None
+            queries += counters["prefix_cache_queries"]
+            hits += counters.get("prefix_cache_hits", 0.0)
+        return {"source": "server", "queries": int(queries), "hits": int(hits),
+                "hit_rate": hits / queries if queries else 0.0}
 
     def close(self) -> None:
         with self._start_lock:
@@ -332,12 +386,15 @@ class OpenAIBackend:
             kwargs["stop"] = list(r.stop)
         if r.seed is not None:
             kwargs["seed"] = r.seed + r.sample_offset + first
+        extra = dict(self.spec.extra_sampling or {})
         parsed: list[tuple[str, str, list[TokenLogprob] | None]] = []
         if r.messages is not None:
             messages = [{"role": m.role, "content": m.content} for m in r.messages]
             if r.assistant_prefix:
                 messages.append({"role": "assistant", "content": r.assistant_prefix})
-                kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+            if extra:
+                kwargs["extra_body"] = extra
             if r.logprobs:
                 kwargs.update(logprobs=True, top_logprobs=r.top_logprobs)
             response, url, retries = await self._call("chat", route_key=r.prefix_text(), messages=messages, **kwargs)
@@ -347,6 +404,8 @@ class OpenAIBackend:
         else:
             if r.logprobs:
                 kwargs["logprobs"] = r.top_logprobs
+            if extra:
+                kwargs["extra_body"] = extra
             response, url, retries = await self._call(
                 "completions", route_key=r.prefix_text(), prompt=r.prompt + r.assistant_prefix, **kwargs)
             for c in sorted(response.choices, key=lambda c: c.index):
@@ -466,17 +525,26 @@ def _root(url: str) -> str:
 
 
 def _usage(response: Any) -> Usage:
-    u = response.get("usage") if isinstance(response, dict) else getattr(response, "usage", None)
-    if isinstance(u, dict):
-        return Usage(calls=1, prompt_tokens=int(u.get("prompt_tokens") or 0),
-                     completion_tokens=int(u.get("completion_tokens") or 0))
+    """Tokens as reported; prompt tokens without a reported cache figure count as unknown, not 0 hits.
+
+    ``response`` is an openai client object or, from vLLM's pooling routes, a plain dict."""
+    u = _field(response, "usage")
     usage = Usage(calls=1)
-    if u is not None:
-        usage.prompt_tokens = u.prompt_tokens or 0
-        usage.completion_tokens = u.completion_tokens or 0
-        details = getattr(u, "prompt_tokens_details", None)
-        usage.cached_prompt_tokens = (getattr(details, "cached_tokens", None) or 0) if details else 0
+    if u is None:
+        return usage
+    usage.prompt_tokens = int(_field(u, "prompt_tokens") or 0)
+    usage.completion_tokens = int(_field(u, "completion_tokens") or 0)
+    details = _field(u, "prompt_tokens_details")
+    cached = _field(details, "cached_tokens") if details is not None else None
+    if cached is None:
+        usage.cache_unknown_prompt_tokens = usage.prompt_tokens
+    else:
+        usage.cached_prompt_tokens = min(int(cached), usage.prompt_tokens)
     return usage
+
+
+def _field(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
 def _split_tokens(total: int, logprobs: list[list[TokenLogprob] | None]) -> list[int]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from archon.backends.replicas import ReplicaRouting
 from archon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from archon.backends.vllm_args import ArgProblem
 
 BackendKind = Literal["llama_cpp", "vllm", "openai", "http_reward"]
 
@@ -53,7 +56,9 @@ class ModelSpec(BaseModel):
     enforce_eager: bool | None = None
     n_ctx: int = 4096
     n_threads: int | None = None
-    max_concurrency: int = 16
+    max_concurrency: int | None = Field(
+        None, ge=1, description="requests in flight (openai); default: chosen from the server kind, "
+                                "see archon.backends.openai_compat.SERVER_CONCURRENCY")
     routing: ReplicaRouting = Field(
         default_factory=ReplicaRouting,
         description="openai: how requests are spread over several base_url replicas (prefix-aware by default)")
@@ -67,6 +72,38 @@ class ModelSpec(BaseModel):
         "timeouts) this long, with jittered exponential backoff; long enough to outlast a server restart")
     max_retries: int | None = Field(None, ge=0, description="openai: at most this many retry rounds "
                                     "(default: only retry_window_s limits them)")
+    engine_args: dict[str, Any] | None = Field(
+        None, description="vllm: any vllm.EngineArgs field (max_num_batched_tokens, enable_chunked_prefill, "
+                          "max_num_seqs, kv_cache_dtype, quantization...), passed to vllm.LLM as is")
+    extra_sampling: dict[str, Any] | None = Field(
+        None, description="vllm / openai: SamplingParams fields archon does not model (top_k, min_p, "
+                          "repetition_penalty...), added to every request")
+
+    @model_validator(mode="after")
+    def _pass_through_fits_backend(self) -> ModelSpec:
+        if self.engine_args and self.backend != "vllm":
+            hint = ("start the server with the matching flags" if self.backend == "openai"
+                    else "llama_cpp takes n_ctx and n_threads")
+            raise ValueError(f"`engine_args` applies to backend vllm only, not {self.backend}; {hint}")
+        if self.extra_sampling and self.backend == "llama_cpp":
+            raise ValueError("`extra_sampling` applies to backends vllm and openai, not llama_cpp")
+        return self
+
+    def pass_through_problems(self) -> list[ArgProblem]:
+        """Bad ``engine_args`` / ``extra_sampling`` keys, checked against vLLM's own fields
+        when vLLM is installed (imports it: only called when either is set)."""
+        if not (self.engine_args or self.extra_sampling):
+            return []
+        from archon.backends.vllm_args import check
+
+        # A remote server may be SGLang or a hosted API: its sampling extras are not vLLM's.
+        known = frozenset(self.extra_sampling or ()) if self.backend == "openai" else None
+        return check("engine_args", self.engine_args) + check("extra_sampling", self.extra_sampling, known=known)
+
+    def check_pass_through(self, name: str) -> None:
+        """Raise the first problem as a ConfigError (for specs built in Python, not YAML)."""
+        for p in self.pass_through_problems():
+            raise ConfigError(f"model {name!r}: {p.message}", path=f"models.{name}.{p.kind}.{p.key}", hint=p.hint)
 
     def identity(self, name: str) -> dict[str, str | None]:
         """What determines this model's outputs, for the call cache key: the backend kind and

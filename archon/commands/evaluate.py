@@ -44,8 +44,13 @@ def summary_table(s: Any) -> Table:
         table.add_row("pass@k", ", ".join(f"@{k} {100 * v:.1f}%" for k, v in s.pass_at_k.items()))
     table.add_row("tokens / query", f"{s.tokens_per_query:,.1f}  ({s.prompt_tokens_per_query:,.1f} prompt, "
                                     f"{s.completion_tokens_per_query:,.1f} completion)")
+    unknown = getattr(s, "cache_unknown_prompt_tokens_per_query", 0.0)
+    table.add_row("prefix-cached / query", f"{s.cached_prompt_tokens_per_query:,.1f}" + (
+        f" + unknown for {unknown:,.1f} prompt tokens (the server did not report cache hits; for vLLM start "
+        "it with --enable-prompt-tokens-details)" if unknown else ""))
     table.add_row("calls / query", f"{s.calls_per_query:.2f}")
-    table.add_row("FLOPs / query", f"{s.flops_per_query:.3g}")
+    table.add_row("FLOPs / query", f"{s.flops_per_query:.3g}" + (
+        "  (upper bound: prefix-cache hits unknown)" if getattr(s, "flops_upper_bound", False) else ""))
     spent = s.spent.get("total_tokens", 0.0)
     table.add_row("cache hits", f"{s.cache_hits}" + (f"  (tokens above include what the cache served; this run "
                                                       f"spent {spent:,.0f} tokens)" if s.cache_hits else ""))

@@ -73,7 +73,10 @@ def default_window(router: ModelRouter, models: Iterable[str]) -> int:
         elif spec.backend == "llama_cpp":
             sizes.append(WINDOW_LLAMA_CPP)
         else:
-            sizes.append(max(1, spec.max_concurrency) * WINDOW_PER_SERVER_SLOT)
+            # unset max_concurrency: the backend picks it from the server kind (one GET /models)
+            limit = getattr(router.backend(name), "concurrency_limit", None)
+            slots = spec.max_concurrency or (limit() if callable(limit) else WINDOW_LLAMA_CPP)
+            sizes.append(max(1, slots) * WINDOW_PER_SERVER_SLOT)
     return min(sizes) if sizes else WINDOW_LLAMA_CPP
 
 

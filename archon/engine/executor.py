@@ -56,8 +56,12 @@ class _QueryState:
         return sum(self.usage_by_node.values(), Usage())
 
 
-def _seed_for(seed: int, node: str, query: str) -> int:
-    return zlib.crc32(f"{seed}:{node}:{query}".encode())
+def _rng_for(seed: int | None, node: str, query: str) -> random.Random:
+    """A node's own random stream (resampling, tie-breaking): fixed by the seed, or fresh
+    from the OS when the pipeline is unseeded (``seed: null``), like its samples."""
+    if seed is None:
+        return random.Random()
+    return random.Random(zlib.crc32(f"{seed}:{node}:{query}".encode()))
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Executor:
         inputs = [c for parent in self.graph.parents(node) for c in state.outputs.get(parent, [])]
         technique = self.graph.nodes[node]
         ctx = NodeContext(node, state.query, self.defaults,
-                          random.Random(_seed_for(self.defaults.seed, node, state.query.id)))
+                          _rng_for(self.defaults.seed, node, state.query.id))
         trace = NodeTrace(node=node, technique=technique.name, inputs=[c.id for c in inputs])
         state.traces.append(trace)
         task = _Task(state.query, node, technique.run(ctx, inputs), ctx, trace)

@@ -66,7 +66,7 @@ class ScoreContext:
     """
 
     model: str = "embedded"
-    seed: int = 0
+    seed: int | None = 0  # None: unseeded (`seed: null`)
     max_tokens: int = 256
     system: str | None = None
     samples: Sequence[Sample | None] | None = None

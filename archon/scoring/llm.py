@@ -26,6 +26,7 @@ class LLMScorer(Scorer):
         return GenerationRequest(
             model=self.target(ctx), messages=self.messages(ctx, user, self.system), n=n,
             temperature=self.temperature if temperature is None else temperature,
-            max_tokens=max_tokens or self.max_tokens or ctx.max_tokens, seed=ctx.seed + seed_offset,
+            max_tokens=max_tokens or self.max_tokens or ctx.max_tokens,
+            seed=None if ctx.seed is None else ctx.seed + seed_offset,
             logprobs=logprobs, top_logprobs=top_logprobs, assistant_prefix=assistant_prefix,
         )

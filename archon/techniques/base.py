@@ -46,7 +46,7 @@ class Defaults:
     model: str = "embedded"
     temperature: float = 0.7
     max_tokens: int = 256
-    seed: int = 0
+    seed: int | None = 0  # None: unseeded sampling, different samples every run
     system: str | None = None
 
 
@@ -132,7 +132,7 @@ class Technique(ABC):
             top_p=p.top_p,
             max_tokens=max_tokens or p.max_tokens or ctx.defaults.max_tokens,
             stop=tuple(stop),
-            seed=ctx.defaults.seed + seed_offset,
+            seed=None if ctx.defaults.seed is None else ctx.defaults.seed + seed_offset,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
