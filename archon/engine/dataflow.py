@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
 import time
 from collections import deque
@@ -49,7 +48,7 @@ from archon.backends.router import ModelRouter
 from archon.backends.types import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult, Usage
 from archon.data import CallRecord, NodeTrace, Query, QueryResult
 from archon.engine.budget import Budget, BudgetTracker, Decision
-from archon.engine.executor import _is_backend_failure, _QueryState, _seed_for
+from archon.engine.executor import _is_backend_failure, _QueryState, _rng_for, _skipped, _starved
 from archon.engine.graph import PipelineGraph
 from archon.techniques.base import Defaults, ModelRequest, ModelResult, NodeContext, Program
 
@@ -61,6 +60,7 @@ T = TypeVar("T")
 WINDOW_VLLM = 256
 WINDOW_LLAMA_CPP = 4
 WINDOW_PER_SERVER_SLOT = 2
+DEFAULT_SERVER_SLOTS = 16  # a server backend that cannot say how many requests it takes at once
 
 
 def default_window(router: ModelRouter, models: Iterable[str]) -> int:
@@ -75,7 +75,7 @@ def default_window(router: ModelRouter, models: Iterable[str]) -> int:
         else:
             # unset max_concurrency: the backend picks it from the server kind (one GET /models)
             limit = getattr(router.backend(name), "concurrency_limit", None)
-            slots = spec.max_concurrency or (limit() if callable(limit) else WINDOW_LLAMA_CPP)
+            slots = spec.max_concurrency or (limit() if callable(limit) else DEFAULT_SERVER_SLOTS)
             sizes.append(max(1, slots) * WINDOW_PER_SERVER_SLOT)
     return min(sizes) if sizes else WINDOW_LLAMA_CPP
 
@@ -312,7 +312,7 @@ class DataflowExecutor:
         inputs = [c for parent in self.graph.parents(node) for c in state.outputs.get(parent, [])]
         technique = self.graph.nodes[node]
         ctx = NodeContext(node, run.query, self.defaults,
-                          random.Random(_seed_for(self.defaults.seed, node, run.query.id)))
+                          _rng_for(self.defaults.seed, node, run.query.id))
         trace = NodeTrace(node=node, technique=technique.name, inputs=[c.id for c in inputs])
         state.traces.append(trace)
         prog = _Program(run, node, technique.run(ctx, inputs), ctx, trace)
@@ -359,8 +359,8 @@ class DataflowExecutor:
             rnd.requests.append(decision.request)
             rnd.decisions.append(decision if decision.request is not None else None)
             if decision.request is None:
-                rnd.answers.append(GenerationResult([]) if isinstance(request, GenerationRequest)
-                                   else ScoreResult([], []))
+                prog.run.state.budget_skips.append(decision.note or "call skipped: budget spent")
+                rnd.answers.append(_skipped(request))
             else:
                 rnd.answers.append(None)
                 rnd.left += 1
@@ -458,7 +458,7 @@ class DataflowExecutor:
             usage_by_node={n: u.to_dict() for n, u in state.usage_by_node.items()},
             latency_s=time.perf_counter() - run.started,
             trace=state.traces,
-            error=state.error,
+            error=state.error or _starved(best is None, state.budget_skips),
         )
 
     # -- lanes ----------------------------------------------------------------------------
