@@ -7,6 +7,10 @@ asks. Prompts are the question plus the packaged template plus the candidates th
 (each assumed as long as its node's ``max_tokens``); completions are ``n x max_tokens``.
 Prompt tokens are counted per sample, as the embedded engine reports them.
 
+The idealized runtime (``runtime``) is estimated with the models' runtime profiles when
+``runtime`` is given: each call costs the profile's runtime of its prompt (encoded once, the
+samples of one request share it) and of its completions; ``None`` when a model has none.
+
 The estimate is an upper-ish bound (completions often stop early); the search calibrates it
 against measured trials before skipping anything (see ``runner``). Techniques it does not
 know are costed 0 and listed in ``unknown``, so they are never skipped on a guess.
@@ -20,6 +24,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+# (model, prompt tokens encoded per call, completion tokens per call) -> idealized seconds, None if unknown
+RuntimeFn = Callable[[str, float, float], "float | None"]
 
 _TEMPLATES = {"generate": "generate.j2", "critique": "critique.j2", "rank": "rank.j2", "verify": "verify.j2",
               "fuse": "fuse.j2", "judge": "judge_pointwise.j2", "pairwise": "judge_pairwise.j2",
@@ -52,19 +59,31 @@ class CostEstimate:
     flops: float = 0.0
     by_model: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     unknown: list[str] = field(default_factory=list)
+    runtime: float | None = 0.0  # idealized seconds; None once a model without a profile is called
+    runtime_of: RuntimeFn | None = field(default=None, repr=False)
 
-    def add(self, model: str, prompt: float, completion: float, calls: float, parameters: float | None) -> None:
+    def add(self, model: str, prompt: float, completion: float, calls: float, parameters: float | None,
+            encoded: float | None = None) -> None:
+        """``encoded``: prompt tokens encoded per call (default ``prompt / calls``; the samples of
+        one request share their prompt)."""
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         self.tokens += prompt + completion
         self.calls += calls
         self.by_model[model] += prompt + completion
         self.flops += 2.0 * (parameters or 0.0) * (prompt + completion)
+        if self.runtime_of is None or calls <= 0:
+            if self.runtime_of is None:
+                self.runtime = None
+            return
+        per_call = self.runtime_of(model, encoded if encoded is not None else prompt / calls, completion / calls)
+        self.runtime = None if per_call is None or self.runtime is None else self.runtime + calls * per_call
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokens": round(self.tokens, 1), "prompt_tokens": round(self.prompt_tokens, 1),
                 "completion_tokens": round(self.completion_tokens, 1), "calls": round(self.calls, 2),
-                "flops": self.flops, "unknown": list(self.unknown)}
+                "flops": self.flops, "runtime": round(self.runtime, 4) if self.runtime is not None else None,
+                "unknown": list(self.unknown)}
 
 
 @dataclass
@@ -97,13 +116,14 @@ def _nodes(config: dict[str, Any]) -> list[tuple[dict[str, Any], list[str]]]:
 
 
 def estimate_cost(config: dict[str, Any], *, question_tokens: float = 32.0,
-                  parameters: Callable[[str], float | None] | None = None) -> CostEstimate:
+                  parameters: Callable[[str], float | None] | None = None,
+                  runtime: RuntimeFn | None = None) -> CostEstimate:
     """Estimated cost of one query through the pipeline ``config`` (a config dict)."""
     defaults = config.get("defaults") or {}
     d_model = defaults.get("model", "embedded")
     d_max = int(defaults.get("max_tokens", 256))
     params_of = parameters or (lambda _m: None)
-    est = CostEstimate()
+    est = CostEstimate(runtime_of=runtime)
     outs: dict[str, _Out] = {}
     q = float(question_tokens)
     for node, inputs in _nodes(config):
@@ -120,7 +140,7 @@ def estimate_cost(config: dict[str, Any], *, question_tokens: float = 32.0,
             models = node.get("models") or [model]
             k = int(node.get("samples", 1))
             for m in models:
-                est.add(m, k * (q + tpl), k * mt, 1, params_of(m))
+                est.add(m, k * (q + tpl), k * mt, 1, params_of(m), encoded=q + tpl)
             outs[node["id"]] = _Out(k * len(models), mt)
         elif tech == "critique":
             est.add(model, n_in * (q + tpl + length), n_in * mt, n_in, params_of(model))
@@ -138,7 +158,7 @@ def estimate_cost(config: dict[str, Any], *, question_tokens: float = 32.0,
             k = int(node.get("samples", 1))
             if n_in:
                 for m in fusers:
-                    est.add(m, k * (q + tpl + n_in * length), k * mt, 1, params_of(m))
+                    est.add(m, k * (q + tpl + n_in * length), k * mt, 1, params_of(m), encoded=q + tpl + n_in * length)
                 outs[node["id"]] = _Out(len(fusers) * k, mt)
             else:
                 outs[node["id"]] = _Out(0, 0)
@@ -153,7 +173,8 @@ def estimate_cost(config: dict[str, Any], *, question_tokens: float = 32.0,
                         params_of(smodel))
             elif kind == "grm":
                 k = float(scorer.get("samples", 1))
-                est.add(smodel, k * (q + template_tokens("grm") + n_in * length), k * smt, 1, params_of(smodel))
+                est.add(smodel, k * (q + template_tokens("grm") + n_in * length), k * smt, 1, params_of(smodel),
+                        encoded=q + template_tokens("grm") + n_in * length)
             elif kind in ("logprob", "reward_model"):
                 est.add(smodel, n_in * (q + length), 0.0, n_in, params_of(smodel))
             else:

@@ -32,6 +32,14 @@ class ModelSpec(BaseModel):
         None, description="how chat messages become a prompt for llama_cpp models without a template")
     dtype: str = "auto"
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int | None = Field(None, ge=1, description="vLLM pipeline stages (default 1)")
+    accelerators: int | None = Field(
+        None, ge=1, description="accelerators one replica needs, for the idealized cost "
+                                "(default: tensor_parallel_size x pipeline_parallel_size)")
+    price_per_accelerator_hour: float | None = Field(
+        None, ge=0, description="price of one accelerator-hour, for the idealized price (any currency)")
+    runtime_profile: str | None = Field(
+        None, description="runtime profile file (`archon models profile`), for the idealized runtime")
     max_model_len: int | None = 4096
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool | None = None

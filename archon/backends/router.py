@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from archon.backends.accounting import CallTag, UsageLedger, flops_for
+from archon.backends.accounting import CallTag, UsageLedger, add_idealized, flops_for
 from archon.backends.base import Backend
 from archon.backends.cache import CallCache, sample_key
 from archon.backends.registry import EMBEDDED_NAME, ModelRegistry, ModelSpec, resolve_embedded_path
+from archon.backends.runtime_profile import ProfileLookup, resolve_profile
 from archon.backends.types import GenerationRequest, GenerationResult, Sample, ScoreRequest, ScoreResult, Usage
 
 BackendFactory = Callable[[str, ModelSpec], Backend]
@@ -56,6 +57,20 @@ class ModelRouter:
     factory: BackendFactory = default_backend_factory
     calls: list[BackendCall] = field(default_factory=list)
     _backends: dict[str, Backend] = field(default_factory=dict)
+    _profiles: dict[str, ProfileLookup] = field(default_factory=dict, repr=False)
+
+    def runtime_profile(self, model: str) -> ProfileLookup:
+        """The model's runtime profile (read once), or the reason it has none."""
+        if model not in self._profiles:
+            self._profiles[model] = resolve_profile(model, self.registry.get(model))
+        return self._profiles[model]
+
+    def _cost(self, model: str, u: Usage) -> None:
+        """FLOPs and idealized runtime of one backend request, from its token counts."""
+        spec = self.registry.get(model)
+        cached = u.cached_prompt_tokens or 0
+        u.flops = flops_for(spec.parameters, u.prompt_tokens - cached + u.completion_tokens)
+        add_idealized(u, self.runtime_profile(model), spec)
 
     def backend(self, model: str) -> Backend:
         if model not in self._backends:
@@ -106,12 +121,11 @@ class ModelRouter:
             return [(idx, start, res) for (idx, start, _), res in zip(batch, results, strict=True)]
 
         for idx, start, res in self._fan_out(list(pending), run_model):
-            spec = self.registry.get(requests[idx].model)
             for j, sample in enumerate(res.samples):
                 samples[idx][start + j] = sample
                 to_cache.append((keys[idx][start + j], sample))
             u = res.usage
-            u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
+            self._cost(requests[idx].model, u)
             usages[idx] = usages[idx] + u
         if self.cache is not None:
             self.cache.put_many(to_cache)
@@ -137,9 +151,8 @@ class ModelRouter:
             return list(zip(idxs, results, strict=True))
 
         for idx, res in self._fan_out(list(by_model), run_model):
-            spec = self.registry.get(requests[idx].model)
             u = res.usage
-            u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
+            self._cost(requests[idx].model, u)
             self.ledger.record(tags[idx], requests[idx].model, u)
             out[idx] = res
         return [r for r in out if r is not None]

@@ -115,7 +115,14 @@ class Sample:
 
 @dataclass
 class Usage:
-    """Compute spent by calls. Cache hits are counted apart: they cost nothing."""
+    """Compute spent by calls. Cache hits are counted apart: they cost nothing.
+
+    ``idealized_*`` are the paper's idealized runtime (Narayanan et al. 2023) and its
+    accelerator-weighted cost, computed by the router from the token counts and the model's
+    runtime profile; calls of models without a profile add nothing to them and count in
+    ``idealized_unknown_calls`` instead, so a sum with unknown parts is never mistaken for a
+    whole (``idealized_known``).
+    """
 
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -124,10 +131,18 @@ class Usage:
     latency_s: float = 0.0
     flops: float = 0.0
     cache_hits: int = 0
+    idealized_runtime_s: float = 0.0
+    idealized_cost: float = 0.0  # accelerator-seconds: idealized runtime x accelerators
+    idealized_price: float = 0.0  # idealized cost x price per accelerator-hour (models that have one)
+    idealized_unknown_calls: int = 0  # calls whose model has no runtime profile
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def idealized_known(self) -> bool:
+        return self.idealized_unknown_calls == 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -138,6 +153,10 @@ class Usage:
             latency_s=self.latency_s + other.latency_s,
             flops=self.flops + other.flops,
             cache_hits=self.cache_hits + other.cache_hits,
+            idealized_runtime_s=self.idealized_runtime_s + other.idealized_runtime_s,
+            idealized_cost=self.idealized_cost + other.idealized_cost,
+            idealized_price=self.idealized_price + other.idealized_price,
+            idealized_unknown_calls=self.idealized_unknown_calls + other.idealized_unknown_calls,
         )
 
     def to_dict(self) -> dict[str, int | float]:
@@ -150,6 +169,10 @@ class Usage:
             "latency_s": round(self.latency_s, 6),
             "flops": self.flops,
             "cache_hits": self.cache_hits,
+            "idealized_runtime_s": round(self.idealized_runtime_s, 6),
+            "idealized_cost": round(self.idealized_cost, 6),
+            "idealized_price": self.idealized_price,
+            "idealized_unknown_calls": self.idealized_unknown_calls,
         }
 
 

@@ -161,6 +161,8 @@ class VLLMBackend:
             kwargs["max_model_len"] = self.spec.max_model_len
         if self.spec.tensor_parallel_size != 1:
             kwargs["tensor_parallel_size"] = self.spec.tensor_parallel_size
+        if (self.spec.pipeline_parallel_size or 1) != 1:
+            kwargs["pipeline_parallel_size"] = self.spec.pipeline_parallel_size
         if _on_cpu():
             # CUDA graphs do not exist on CPU and compiling costs ~90 s of start-up.
             kwargs["enforce_eager"] = True if self.spec.enforce_eager is None else self.spec.enforce_eager
