@@ -231,7 +231,8 @@ def record(e: Entry, g: Group) -> dict[str, Any]:
         "calls_per_query": s.calls_per_query, "latency_per_query_s": s.latency_per_query_s,
         "flops_per_query": s.flops_per_query, "idealized_runtime_per_query_s": s.idealized_runtime_per_query_s,
         "idealized_cost_per_query": s.idealized_cost_per_query,
-        "idealized_price_per_query": s.idealized_price_per_query, "idealized_note": s.idealized_note, "n": s.n, "n_total": s.n_total, "errors": s.errors,
+        "idealized_price_per_query": s.idealized_price_per_query, "idealized_note": s.idealized_note, "n": s.n,
+        "n_total": s.n_total, "errors": s.errors,
         "pareto": e.pareto, "config_hash": s.pipeline.get("config_hash"),
         "grader": f"{s.grader.get('name')} {s.grader.get('version')}",
     }

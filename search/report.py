@@ -196,7 +196,8 @@ def _trials_md(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['number']} | {r['status']} | {_fmt(r['accuracy'], 3)} | {r['questions']} | "
                      f"{_fmt(r['tokens_per_query'], 0)} ({_fmt(r['estimated_tokens_per_query'], 0)}) | "
                      f"{_fmt(r['calls_per_query'])} | {_fmt(r['idealized_runtime_per_query_s'], 2)} "
-                     f"({_fmt(r['estimated_idealized_runtime_per_query_s'], 2)}) | {r['new_tokens']:,} | {r['saved_tokens']:,} | "
+                     f"({_fmt(r['estimated_idealized_runtime_per_query_s'], 2)}) | {r['new_tokens']:,} | "
+                     f"{r['saved_tokens']:,} | "
                      f"{r['pipeline']} | {(r['reason'] or '').replace('|', '/')[:120]} |")
     return "\n".join(lines) + "\n"
 

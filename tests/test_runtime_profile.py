@@ -77,7 +77,7 @@ def test_predict_follows_the_papers_decomposition():
 def test_fit_recovers_known_coefficients_from_synthetic_timings():
     rng = random.Random(7)
     exact, noisy = [], []
-    for u in KNOTS + [30.0, 150.0, 600.0]:
+    for u in [*KNOTS, 30.0, 150.0, 600.0]:
         for o in (1, 8, 32, 128):
             for c in (0.0, 512.0):
                 t = truth(u, c, o)
@@ -114,7 +114,7 @@ def test_a_profile_round_trips_through_its_file(tmp_path):
     data = json.loads(path.read_text())
     data["coefficients"]["per_output_token_s"] = -1
     bad.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="coefficients.per_output_token_s") as exc:
+    with pytest.raises(ConfigError, match=r"coefficients\.per_output_token_s") as exc:
         RuntimeProfile.load(bad)
     assert "archon models profile" in str(exc.value)
     with pytest.raises(ConfigError, match="not found"):
@@ -284,7 +284,7 @@ def test_config_and_cli_point_models_at_profile_files(tmp_path):
     assert updated.models["embedded"].runtime_profile == str(path) and updated.models["embedded"].backend == "llama_cpp"
     with pytest.raises(ConfigError, match="NAME=PATH"):
         apply_runtime_profiles(config, ["embedded"])
-    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+    with pytest.raises(ConfigError, match=r"unknown model 'nope'"):
         apply_runtime_profiles(config, [f"nope={path}"])
     with pytest.raises(ConfigError, match="not found"):
         apply_runtime_profiles(config, [f"embedded={tmp_path / 'missing.json'}"])
@@ -292,7 +292,7 @@ def test_config_and_cli_point_models_at_profile_files(tmp_path):
     yaml_file.write_text("models:\n  m:\n    backend: openai\n    base_url: http://127.0.0.1:9/v1\n"
                          f"    runtime_profile: {tmp_path / 'missing.json'}\n"
                          "defaults: {model: m}\nnodes:\n  - technique: generate\n")
-    with pytest.raises(ConfigError, match="models.m.runtime_profile") as exc:
+    with pytest.raises(ConfigError, match=r"models\.m\.runtime_profile") as exc:
         Pipeline.from_yaml(yaml_file, cache=False)
     assert "p.yaml" in str(exc.value)
 
@@ -339,13 +339,13 @@ def test_leaderboard_ranks_and_plots_by_idealized_runtime(tmp_path):
 
 
 def test_search_budget_in_idealized_seconds(tmp_path):
+    from test_search import TINY, X1, X4, arith_responder, enqueue, grade, items
+
     from archon.backends.cache import CallCache
     from archon.commands.search import profile_runtime, require_runtime_profiles
     from archon.search.evaluation import PipelineEvaluator, split_items
     from archon.search.metering import MeteredRouter
     from archon.search.runner import Budgets, Search, SearchSettings, best_trial
-    from test_search import TINY, X1, X4, arith_responder, enqueue, grade, items
-
     from archon.search.space import parse_space
 
     router, _ = scripted_router(arith_responder, cache=CallCache(tmp_path / "calls.sqlite"))

@@ -36,13 +36,18 @@ from archon.backends.types import GenerationRequest
 
 # Plain English words: each is one or two tokens in common vocabularies, and a varied
 # stream keeps a base model writing text instead of stopping.
-_WORDS = ("time year people way day man thing woman life child world school state family student group "
-          "country problem hand part place case week company system program question work government number "
-          "night point home water room mother area money story fact month lot right study book eye job word "
-          "business issue side kind head house service friend father power hour game line end member law car "
-          "city community name team minute idea body information back parent face level office door health "
-          "person art war history party result change morning reason research girl moment air teacher force "
-          "education river garden window letter music paper table summer winter").split()
+_WORDS = (
+    "time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world", "school",
+    "state", "family", "student", "group", "country", "problem", "hand", "part", "place", "case", "week",
+    "company", "system", "program", "question", "work", "government", "number", "night", "point", "home",
+    "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book",
+    "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father",
+    "power", "hour", "game", "line", "end", "member", "law", "car", "city", "community", "name", "team",
+    "minute", "idea", "body", "information", "back", "parent", "face", "level", "office", "door", "health",
+    "person", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl",
+    "moment", "air", "teacher", "force", "education", "river", "garden", "window", "letter", "music", "paper",
+    "table", "summer", "winter",
+)
 
 ENGINE_PACKAGES = {"llama_cpp": "llama-cpp-python", "vllm": "vllm", "openai": "openai"}
 

@@ -119,7 +119,8 @@ def _parse_rungs(text: str) -> tuple[float, ...]:
 
 
 def _search(*, space: Path, benchmark: str, trials: int, budget_tokens: float | None, budget_calls: float | None,
-            budget_flops: float | None, budget_runtime: float | None, multi_objective: bool, sampler: str, pruner: str, rungs: str,
+            budget_flops: float | None, budget_runtime: float | None, multi_objective: bool, sampler: str,
+            pruner: str, rungs: str,
             data_dir: Path | None, limit: int | None, holdout: float, seed: int, storage: str | None,
             study: str | None, out_dir: Path | None, cache: Path | None, no_cache: bool, skip_margin: float,
             timeout: float | None, winner_eval: bool, plots: bool) -> None:
