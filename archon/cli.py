@@ -187,11 +187,17 @@ def models_list(config: Annotated[Path | None, typer.Argument(help="pipeline YAM
             registry = _load(config, None, True, None).registry
         except ArchonError as exc:
             raise _fail(exc) from None
-    table = Table("name", "backend", "where", "parameters")
+    from archon.backends.runtime_profile import resolve_profile
+
+    table = Table("name", "backend", "where", "parameters", "runtime profile")
     for name in registry.names():
         spec = registry.get(name)
         where = spec.path or ", ".join(spec.base_urls()) or ("bundled Gemma 3 270M" if name == "embedded" else "-")
-        table.add_row(name, spec.backend, where, f"{spec.parameters:,.0f}" if spec.parameters else "-")
+        try:
+            profile = resolve_profile(name, spec).source or "-"
+        except ArchonError as exc:
+            profile = f"error: {exc}"
+        table.add_row(name, spec.backend, where, f"{spec.parameters:,.0f}" if spec.parameters else "-", profile)
     out.print(table)
 
 

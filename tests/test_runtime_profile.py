@@ -392,3 +392,16 @@ def test_archon_models_profile_on_the_embedded_model(tmp_path):
     assert len(profile.measurements) == 6 and all(m.generated_tokens >= 1 for m in profile.measurements)
     assert any(m.cached_prompt_tokens > 40 for m in profile.measurements)  # the primed points hit the cache
     assert profile.coefficients.per_output_token_s > 0 and len(profile.coefficients.prompt_knots) == 2
+
+
+def test_models_profile_cli_errors_name_the_fix(tmp_path):
+    from archon.cli import app
+
+    res = CliRunner().invoke(app, ["models", "profile", "nope", "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "unknown model 'nope'" in res.output
+    res = CliRunner().invoke(app, ["models", "profile", "embedded", "--prompt-lengths", "8"])
+    assert res.exit_code == 2 and "at least two prompt lengths" in res.output
+    res = CliRunner().invoke(app, ["models", "profile", "embedded", "--output-lengths", "1,x"])
+    assert res.exit_code == 2 and "--output-lengths" in res.output
+    res = CliRunner().invoke(app, ["models", "list"])
+    assert res.exit_code == 0 and "runtime profile" in res.output
