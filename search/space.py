@@ -256,7 +256,7 @@ class SearchSpace(BaseModel):
     @field_validator("base")
     @classmethod
     def _base(cls, v: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"name", "description", "models", "defaults", "budget"}
+        allowed = {"name", "description", "models", "defaults", "budget", "plugins"}
         for key in v:
             if key not in allowed:
                 hint = _suggest(key, sorted(allowed))
@@ -342,12 +342,15 @@ def _check_generator(space: SearchSpace, file: str | None, root: yaml.Node | Non
     from archon.config import technique_class
 
     name = space.generate.technique
+    loc = ("generate", "technique")
     try:
-        technique_class(name)
+        technique_class(name, list(space.base.get("plugins") or []))  # imports only modules the space lists
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=file, path=_path(loc), line=_line_of(root, loc), hint=exc.hint) from None
     except (KeyError, ImportError, AttributeError, TypeError, ValueError) as exc:
-        loc = ("generate", "technique")
         raise ConfigError(f"unknown technique {name!r} ({type(exc).__name__})", file=file, path=_path(loc),
-                          line=_line_of(root, loc), hint="use generate, or module.path:Class of your own") from None
+                          line=_line_of(root, loc), hint="use generate, or module.path:Class of your own "
+                          "(listed under `base: {plugins: [module.path]}`)") from None
 
 
 def _check_models(space: SearchSpace, file: str | None, root: yaml.Node | None) -> None:

@@ -7,7 +7,7 @@ Importing this package is cheap: math-verify and sympy load on the first grade.
 
 from archon.verifiers.answers import extract_final_answer, normalize_answer
 from archon.verifiers.math_grader import GRADER_VERSION, MathGrade, grade_math
-from archon.verifiers.sandbox import SandboxResult, TestOutcome, pass_at_k, run_python, run_tests
+from archon.verifiers.sandbox import SandboxResult, SandboxUnavailable, TestOutcome, pass_at_k, run_python, run_tests
 from archon.verifiers.scorers import (
     SCORERS,
     GenerativeRewardScorer,
@@ -33,6 +33,7 @@ __all__ = [
     "PairwiseJudgeScorer",
     "RewardModelScorer",
     "SandboxResult",
+    "SandboxUnavailable",
     "ScoreContext",
     "Scorer",
     "ScorerBase",

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from archon.backends.replicas import ReplicaRouting
 from archon.errors import ConfigError
 
 BackendKind = Literal["llama_cpp", "vllm", "openai"]
@@ -28,11 +29,16 @@ class ModelSpec(BaseModel):
     api_model: str | None = Field(None, description="model name the server knows, if not the archon name")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     parameters: float | None = Field(None, description="parameter count, for FLOPs = 2 x parameters x tokens")
+    sampling: bool = Field(True, description="send temperature, top_p and max_tokens (openai); off for "
+                                             "models that reject them, such as OpenAI's o1")
     chat_format: Literal["gemma", "server"] | None = Field(
         None, description="how chat messages become a prompt for llama_cpp models without a template")
     dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int | None = Field(None, ge=1, description="vLLM pipeline stages (default 1)")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split across (tensor parallel)")
+    pipeline_parallel_size: int = Field(1, ge=1, description="vllm: pipeline stages (GPUs or nodes)")
+    data_parallel_size: int = Field(1, ge=1, description="vllm: model replicas inside one engine")
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        None, description="vllm: how workers are launched (multiprocessing on one node, ray across nodes)")
     accelerators: int | None = Field(
         None, ge=1, description="accelerators one replica needs, for the idealized cost "
                                 "(default: tensor_parallel_size x pipeline_parallel_size)")
@@ -46,8 +52,28 @@ class ModelSpec(BaseModel):
     n_ctx: int = 4096
     n_threads: int | None = None
     max_concurrency: int = 16
-    timeout_s: float = 300.0
-    max_retries: int = 4
+    routing: ReplicaRouting = Field(
+        default_factory=ReplicaRouting,
+        description="openai: how requests are spread over several base_url replicas (prefix-aware by default)")
+    timeout_s: float = Field(300.0, gt=0, description="generation timeout: the whole answer of one HTTP request")
+    connect_timeout_s: float = Field(5.0, gt=0, description="openai: TCP connect timeout")
+    first_byte_timeout_s: float = Field(
+        30.0, gt=0, description="openai: a request unanswered this long makes archon ask the server GET /models; "
+        "no reply to that either is a first-byte timeout (a hung server), else it waits up to timeout_s")
+    retry_window_s: float = Field(
+        60.0, ge=0, description="openai: keep retrying transient failures (refused connections, 5xx, 429, "
+        "timeouts) this long, with jittered exponential backoff; long enough to outlast a server restart")
+    max_retries: int | None = Field(None, ge=0, description="openai: at most this many retry rounds "
+                                    "(default: only retry_window_s limits them)")
+
+    def identity(self, name: str) -> dict[str, str | None]:
+        """What determines this model's outputs, for the call cache key: the backend kind and
+        the weights (``api_model`` on a server, else ``path``), never the URLs it is served from."""
+        path = self.path
+        if path is not None and Path(path).expanduser().exists():
+            path = str(Path(path).expanduser().resolve())
+        served = (self.api_model or name) if self.backend == "openai" else None
+        return {"backend": self.backend, "api_model": served, "path": path, "chat_format": self.chat_format}
 
     def base_urls(self) -> list[str]:
         if self.base_url is None:

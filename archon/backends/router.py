@@ -95,8 +95,9 @@ class ModelRouter:
             self.registry.get(r.model)  # fail before any call on an unknown model
         samples: list[dict[int, Sample]] = [{} for _ in requests]
         hits = [0] * len(requests)
+        identities = {m: self.registry.get(m).identity(m) for m in {r.model for r in requests}}
         keys: list[list[str]] = [
-            [sample_key(r, r.sample_offset + i) for i in range(r.n)] for r in requests
+            [sample_key(r, r.sample_offset + i, identities[r.model]) for i in range(r.n)] for r in requests
         ]
         if self.cache is not None:
             found = self.cache.get_many([k for ks in keys for k in ks])

@@ -135,6 +135,7 @@ class Usage:
     idealized_cost: float = 0.0  # accelerator-seconds: idealized runtime x accelerators
     idealized_price: float = 0.0  # idealized cost x price per accelerator-hour (models that have one)
     idealized_unknown_calls: int = 0  # calls whose model has no runtime profile
+    retries: int = 0  # transient failures retried before the answer came (server restarts, 5xx)
 
     @property
     def total_tokens(self) -> int:
@@ -157,9 +158,12 @@ class Usage:
             idealized_cost=self.idealized_cost + other.idealized_cost,
             idealized_price=self.idealized_price + other.idealized_price,
             idealized_unknown_calls=self.idealized_unknown_calls + other.idealized_unknown_calls,
+            retries=self.retries + other.retries,
         )
 
     def to_dict(self) -> dict[str, int | float]:
+        """``retries`` appears only when some happened, so the usual rows keep their shape."""
+        extra: dict[str, int | float] = {"retries": self.retries} if self.retries else {}
         return {
             "prompt_tokens": self.prompt_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
@@ -173,6 +177,7 @@ class Usage:
             "idealized_cost": round(self.idealized_cost, 6),
             "idealized_price": self.idealized_price,
             "idealized_unknown_calls": self.idealized_unknown_calls,
+            **extra,
         }
 
 

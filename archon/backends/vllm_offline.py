@@ -159,10 +159,15 @@ class VLLMBackend:
         }
         if self.spec.max_model_len is not None:
             kwargs["max_model_len"] = self.spec.max_model_len
-        if self.spec.tensor_parallel_size != 1:
-            kwargs["tensor_parallel_size"] = self.spec.tensor_parallel_size
-        if (self.spec.pipeline_parallel_size or 1) != 1:
-            kwargs["pipeline_parallel_size"] = self.spec.pipeline_parallel_size
+        # vLLM's own parallelism, passed through only when set: on one GPU (or CPU) the
+        # defaults are vLLM's. data_parallel_size > 1 runs replicas inside this one engine.
+        for key, value in (("tensor_parallel_size", self.spec.tensor_parallel_size),
+                           ("pipeline_parallel_size", self.spec.pipeline_parallel_size),
+                           ("data_parallel_size", self.spec.data_parallel_size)):
+            if value != 1:
+                kwargs[key] = value
+        if self.spec.distributed_executor_backend is not None:
+            kwargs["distributed_executor_backend"] = self.spec.distributed_executor_backend
         if _on_cpu():
             # CUDA graphs do not exist on CPU and compiling costs ~90 s of start-up.
             kwargs["enforce_eager"] = True if self.spec.enforce_eager is None else self.spec.enforce_eager

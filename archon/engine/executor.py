@@ -42,6 +42,7 @@ class _QueryState:
     traces: list[NodeTrace] = field(default_factory=list)
     usage_by_node: dict[str, Usage] = field(default_factory=dict)
     error: str | None = None
+    budget_skips: list[str] = field(default_factory=list)  # calls the budget refused
 
     def usage(self) -> Usage:
         return sum(self.usage_by_node.values(), Usage())
@@ -127,6 +128,7 @@ class Executor:
                     if decision.note:
                         task.ctx.note(decision.note)
                     if decision.request is None:
+                        states[task.query.id].budget_skips.append(decision.note or "call skipped: budget spent")
                         answers[id(task)][i] = (GenerationResult([]) if isinstance(request, GenerationRequest)
                                                 else ScoreResult([], []))
                     elif isinstance(decision.request, GenerationRequest):
@@ -174,8 +176,15 @@ class Executor:
             usage_by_node={n: u.to_dict() for n, u in state.usage_by_node.items()},
             latency_s=elapsed,
             trace=state.traces,
-            error=state.error,
+            error=state.error or _starved(best is None, state.budget_skips),
         )
+
+
+def _starved(no_answer: bool, skips: list[str]) -> str | None:
+    """An empty answer because the budget refused calls is an error of that row, not a silent 0."""
+    if no_answer and skips:
+        return f"budget: no answer within the budget ({len(skips)} call(s) skipped; first: {skips[0]})"
+    return None
 
 
 def _is_backend_failure(exc: Exception) -> bool:
