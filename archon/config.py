@@ -8,7 +8,6 @@ layer's nodes read every node of the layer before, Archon's shape).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from archon.backends.registry import EMBEDDED_NAME, ModelRegistry, ModelSpec
 from archon.engine.budget import Budget
 from archon.engine.graph import PipelineGraph
 from archon.errors import BudgetError, ConfigError
+from archon.registry import suggest
 from archon.techniques import TECHNIQUES
 from archon.techniques.base import Defaults, Technique
 from archon.yaml_guard import decode_yaml_bytes, load_checked, quote
@@ -112,11 +112,6 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _suggest(word: str, options: list[str]) -> str | None:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"did you mean `{close[0]}`?" if close else None
-
-
 class _Source:
     def __init__(self, file: str | None, root: yaml.Node | None) -> None:
         self.file = file
@@ -133,7 +128,7 @@ def _from_validation(src: _Source, exc: ValidationError, prefix: tuple[Any, ...]
     if err["type"] == "extra_forbidden":
         key = str(loc[-1])
         options = allowed or []
-        hint = _suggest(key, options) or (f"allowed keys: {', '.join(options)}" if options else None)
+        hint = suggest(key, options) or (f"allowed keys: {', '.join(options)}" if options else None)
         return src.error(f"unknown key {key!r}", loc, hint)
     if err["type"] == "missing":
         return src.error(f"missing required field {loc[-1]!r}", loc)
@@ -196,7 +191,7 @@ def apply_runtime_profiles(config: PipelineConfig, pairs: list[str] | tuple[str,
         if spec is None:
             known = sorted({*models, EMBEDDED_NAME})
             raise ConfigError(f"--runtime-profile {pair!r}: unknown model {name!r}",
-                              hint=_suggest(name, known) or f"known models: {', '.join(known)}")
+                              hint=suggest(name, known) or f"known models: {', '.join(known)}")
         RuntimeProfile.load(path, field=f"--runtime-profile {name}")  # fail now, not mid-run
         models[name] = spec.model_copy(update={"runtime_profile": path})
     return config.model_copy(update={"models": models})
@@ -290,7 +285,7 @@ def build_graph(config: PipelineConfig, *, file: str | None = None, root: yaml.N
             raise src.error(exc.message, (*loc, "technique"), exc.hint) from None
         except KeyError:
             raise src.error(f"unknown technique {quote(node.technique)}", (*loc, "technique"),
-                            _suggest(node.technique, list(TECHNIQUES))
+                            suggest(node.technique, list(TECHNIQUES))
                             or f"known techniques: {', '.join(TECHNIQUES)}") from None
         params = node.params()
         try:
@@ -304,7 +299,7 @@ def build_graph(config: PipelineConfig, *, file: str | None = None, root: yaml.N
         for model in technique.models(config.defaults.to_defaults()):
             if model not in registry:
                 raise src.error(f"unknown model {quote(model)}", loc,
-                                _suggest(model, registry.names())
+                                suggest(model, registry.names())
                                 or f"define it under `models:` (known: {', '.join(registry.names())})")
             _check_model(src, model, registry.get(model), model in config.models)
         techniques[node.id] = technique
@@ -410,22 +405,29 @@ def check_budget(budget: Budget, techniques: dict[str, Technique], defaults: Def
 def _override_models(technique: Technique, model: str) -> Technique:
     """``--model NAME``: every call of every node goes to one model.
 
-    Model-valued fields are found by name (``model``, ``*_model``, ``drafter``, ``judge``,
-    ``models``, ``fusers``) and inside scorer specs (a mapping with a ``model`` key), so a
-    technique added later is covered without editing this function.
+    The technique names its model parameters (``Technique.model_params``); scorer
+    parameters (and their nested scorers, e.g. a GRM's meta-RM) with an explicit ``model``
+    are rewritten too.
     """
+    from archon.scoring import Scorer
+
+    def scorer_with(value: Scorer) -> Scorer:
+        updates: dict[str, Any] = {"model": model} if value.model else {}
+        for name in type(value).model_fields:
+            inner = getattr(value, name)
+            if isinstance(inner, Scorer):
+                updates[name] = scorer_with(inner)
+        return value.model_copy(update=updates) if updates else value
+
     updates: dict[str, Any] = {}
+    for name in type(technique).model_params():
+        value = getattr(technique.params, name)
+        if isinstance(value, str):
+            updates[name] = model
+        elif isinstance(value, list):
+            updates[name] = [model] * len(value)
     for name in type(technique.params).model_fields:
         value = getattr(technique.params, name)
-        if value is None:
-            continue
-        if name in ("model", "drafter", "judge") or name.endswith("_model"):
-            if isinstance(value, str):
-                updates[name] = model
-        elif name in ("models", "fusers") and isinstance(value, list):
-            updates[name] = [model] * len(value)
-        elif isinstance(value, dict) and "model" in value:
-            updates[name] = {**value, "model": model}
-        elif isinstance(value, BaseModel) and "model" in type(value).model_fields and value.model:  # type: ignore[attr-defined]
-            updates[name] = value.model_copy(update={"model": model})
+        if isinstance(value, Scorer):
+            updates[name] = scorer_with(value)
     return type(technique)(technique.params.model_copy(update=updates))

@@ -20,10 +20,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from archon.backends.types import GenerationRequest, Sample, TokenLogprob
+from archon.backends.types import GenerationRequest, RewardRequest, Sample, ScoreRequest, TokenLogprob
 
 _log = logging.getLogger("archon.cache")
 _SCHEMA = "CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+_RESULTS = "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 def sample_key(request: GenerationRequest, index: int, identity: dict[str, str | None] | None = None) -> str:
@@ -43,6 +44,20 @@ def sample_key(request: GenerationRequest, index: int, identity: dict[str, str |
         "logprobs": request.logprobs,
         "top_logprobs": request.top_logprobs,
         "index": index,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def result_key(request: ScoreRequest | RewardRequest) -> str:
+    """Scoring and reward calls are deterministic: their content is the whole key."""
+    payload = {
+        "kind": type(request).__name__,
+        "model": request.model,
+        "prompt": request.prompt,
+        "messages": [[m.role, m.content] for m in request.messages] if request.messages else None,
+        "prefix": request.assistant_prefix,
+        "continuations": list(request.continuations) if isinstance(request, ScoreRequest) else None,
+        "step_tag": getattr(request, "step_tag", None),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -85,6 +100,7 @@ class CallCache:
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.execute(_SCHEMA)
+                    conn.execute(_RESULTS)
                     conn.execute("SELECT key, value FROM samples LIMIT 1").fetchall()
                     conn.commit()
                     break
@@ -144,6 +160,34 @@ class CallCache:
             except sqlite3.DatabaseError as exc:
                 self._recover(exc)
                 self._conn.executemany("INSERT OR REPLACE INTO samples (key, value) VALUES (?, ?)", rows)
+                self._conn.commit()
+
+    def get_results(self, keys: list[str]) -> dict[str, dict]:  # type: ignore[type-arg]
+        """Cached scoring / reward results (plain JSON) by ``result_key``."""
+        found: dict[str, dict] = {}  # type: ignore[type-arg]
+        with self._lock:
+            try:
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start:start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._conn.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", chunk)
+                    found.update({k: json.loads(v) for k, v in rows})
+            except sqlite3.DatabaseError as exc:
+                self._recover(exc)
+                return {}
+        return found
+
+    def put_results(self, items: list[tuple[str, dict]]) -> None:  # type: ignore[type-arg]
+        if not items:
+            return
+        rows = [(k, json.dumps(v)) for k, v in items]
+        with self._lock:
+            try:
+                self._conn.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
+                self._conn.commit()
+            except sqlite3.DatabaseError as exc:
+                self._recover(exc)
+                self._conn.executemany("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)", rows)
                 self._conn.commit()
 
     def __len__(self) -> int:

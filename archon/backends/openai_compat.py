@@ -14,6 +14,7 @@ the only retry loop and every retry is visible in one place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import threading
@@ -28,6 +29,8 @@ from archon.backends.router import missing_runs
 from archon.backends.types import (
     GenerationRequest,
     GenerationResult,
+    RewardRequest,
+    RewardResult,
     Sample,
     ScoreRequest,
     ScoreResult,
@@ -228,7 +231,12 @@ class OpenAIBackend:
         import openai
 
         client = self._client(url)
-        create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+        if endpoint == "chat":
+            create = client.chat.completions.create
+        elif endpoint == "completions":
+            create = client.completions.create
+        else:  # a vLLM route outside the OpenAI API, e.g. /pooling (served at the root, not /v1)
+            create = functools.partial(self._post, client, f"{_root(url)}/{endpoint}")
         task = asyncio.ensure_future(create(model=self.model, **kwargs))
         try:
             done, _ = await asyncio.wait({task}, timeout=self.spec.first_byte_timeout_s)
@@ -400,9 +408,53 @@ class OpenAIBackend:
                         **routed[url]}
         return out
 
+    # -- reward / pooling models ------------------------------------------------------------
+
+    @staticmethod
+    async def _post(client: Any, url: str, **body: Any) -> Any:
+        return await client.post(url, cast_to=object, body=body)
+
+    def reward(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
+        """A vLLM server's ``/pooling`` endpoint (``vllm serve MODEL --runner pooling``), one
+        HTTP request per text, all concurrent; chat messages are templated by the server."""
+        return self._run(self._gather([self._reward_one(r) for r in requests]))
+
+    async def _reward_one(self, request: RewardRequest) -> RewardResult:
+        started = time.perf_counter()
+        hint = "Reward models are read from vLLM's /pooling endpoint (start the server with --runner pooling)"
+        if request.messages is not None:
+            body: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in request.messages],
+                                    "add_generation_prompt": request.messages[-1].role != "assistant"}
+        else:
+            body = {"input": request.prompt}
+        response, url, _ = await self._call("pooling", hint=hint, route_key=request.prefix_text(), **body)
+        items = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(items, list) or not items:
+            raise BackendError(f"{self._who()}: {url} answered /pooling without `data`; is it a pooling model?")
+        usage = _usage(response)
+        usage.latency_s = time.perf_counter() - started
+        return RewardResult(_pooled_rows(items[0].get("data")), usage)
+
+
+def _pooled_rows(data: Any) -> list[list[float]]:
+    """vLLM's pooling ``data``: a scalar, a vector, or one row per pooled position."""
+    if isinstance(data, (int, float)):
+        return [[float(data)]]
+    if data and all(isinstance(x, (int, float)) for x in data):
+        return [[float(x) for x in data]]
+    return [[float(v) for v in (row if isinstance(row, list) else [row])] for row in data]
+
+
+def _root(url: str) -> str:
+    """``http://host:port/v1`` -> ``http://host:port`` (vLLM serves its pooling routes at the root)."""
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
 
 def _usage(response: Any) -> Usage:
-    u = getattr(response, "usage", None)
+    u = response.get("usage") if isinstance(response, dict) else getattr(response, "usage", None)
+    if isinstance(u, dict):
+        return Usage(calls=1, prompt_tokens=int(u.get("prompt_tokens") or 0),
+                     completion_tokens=int(u.get("completion_tokens") or 0))
     usage = Usage(calls=1)
     if u is not None:
         usage.prompt_tokens = u.prompt_tokens or 0

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from archon.backends.replicas import ReplicaRouting
 from archon.errors import ConfigError
 
-BackendKind = Literal["llama_cpp", "vllm", "openai"]
+BackendKind = Literal["llama_cpp", "vllm", "openai", "http_reward"]
 
 EMBEDDED_NAME = "embedded"
 EMBEDDED_PARAMETERS = 268_098_176  # Gemma 3 270M: 170M embedding + 100M transformer
@@ -22,7 +22,8 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: BackendKind = Field(description="llama_cpp (in process), vllm (offline engine) or openai (HTTP)")
+    backend: BackendKind = Field(description="llama_cpp (in process), vllm (offline engine), openai (HTTP) or "
+                                             "http_reward (any reward server, see reward_body / reward_path)")
     path: str | None = Field(None, description="GGUF file (llama_cpp) or HF folder / hub id (vllm)")
     base_url: str | list[str] | None = Field(
         None, description="OpenAI-compatible server URL(s); several are load-balanced")
@@ -33,6 +34,14 @@ class ModelSpec(BaseModel):
                                              "models that reject them, such as OpenAI's o1")
     chat_format: Literal["gemma", "server"] | None = Field(
         None, description="how chat messages become a prompt for llama_cpp models without a template")
+    task: Literal["generate", "reward"] = Field(
+        "generate", description="reward: a reward / process reward model (vLLM's pooling runner), read by "
+                                "`scorer: {type: reward_model, model: NAME}`")
+    reward_body: dict[str, Any] | None = Field(
+        None, description="http_reward: the JSON body; the strings \"{text}\", \"{messages}\" and \"{model}\" are "
+                          "replaced by the text, the chat messages and api_model (default: {model, input: text})")
+    reward_path: str = Field("data.0.data", description="http_reward: where the reward sits in the answer, "
+                                                        "dotted (list indices as numbers), e.g. rewards.0")
     dtype: str = "auto"
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split across (tensor parallel)")
     pipeline_parallel_size: int = Field(1, ge=1, description="vllm: pipeline stages (GPUs or nodes)")

@@ -10,13 +10,24 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from archon.backends.accounting import CallTag, UsageLedger, add_idealized, flops_for
 from archon.backends.base import Backend
-from archon.backends.cache import CallCache, sample_key
+from archon.backends.cache import CallCache, result_key, sample_key
 from archon.backends.registry import EMBEDDED_NAME, ModelRegistry, ModelSpec, resolve_embedded_path
 from archon.backends.runtime_profile import ProfileLookup, resolve_profile
-from archon.backends.types import GenerationRequest, GenerationResult, Sample, ScoreRequest, ScoreResult, Usage
+from archon.backends.types import (
+    GenerationRequest,
+    GenerationResult,
+    RewardRequest,
+    RewardResult,
+    Sample,
+    ScoreRequest,
+    ScoreResult,
+    Usage,
+)
+from archon.errors import BackendError
 
 BackendFactory = Callable[[str, ModelSpec], Backend]
 
@@ -36,6 +47,10 @@ def default_backend_factory(name: str, spec: ModelSpec) -> Backend:
         from archon.backends.openai_compat import OpenAIBackend
 
         return OpenAIBackend(name, spec)
+    if spec.backend == "http_reward":
+        from archon.backends.http_reward import HTTPRewardBackend
+
+        return HTTPRewardBackend(name, spec)
     raise ValueError(f"unknown backend kind {spec.backend!r}")
 
 
@@ -138,25 +153,59 @@ class ModelRouter:
 
     def score(self, requests: Sequence[ScoreRequest],
               tags: Sequence[CallTag] | None = None) -> list[ScoreResult]:
+        """Log-probabilities of continuations: batched per model, call-cached, in the ledger."""
+        return self._deterministic(requests, tags, "score",
+                                   lambda r: {"logprobs": r.logprobs, "token_logprobs": r.token_logprobs},
+                                   lambda d: ScoreResult(d["logprobs"], d["token_logprobs"]),
+                                   lambda r: len(r.continuations))
+
+    def reward(self, requests: Sequence[RewardRequest],
+               tags: Sequence[CallTag] | None = None) -> list[RewardResult]:
+        """Reward / pooling model outputs: batched per model, call-cached, in the ledger."""
+        for r in requests:
+            backend = self.backend(r.model)
+            if not hasattr(backend, "reward"):
+                raise BackendError(f"model {r.model!r} ({self.registry.get(r.model).backend}) cannot run a reward "
+                                   "model; serve it with `backend: vllm` and `task: reward`, or an OpenAI-compatible "
+                                   "vLLM server (`backend: openai`)")
+        return self._deterministic(requests, tags, "reward", lambda r: {"rows": r.rows},
+                                   lambda d: RewardResult(d["rows"]), lambda r: 1)
+
+    def _deterministic(self, requests, tags, kind, encode, decode, count):  # type: ignore[no-untyped-def]
+        """Score and reward calls: the same content always gives the same result, so the
+        cache key is the request itself; hits cost nothing and are counted as hits."""
         tags = list(tags) if tags is not None else [CallTag()] * len(requests)
+        if len(tags) != len(requests):
+            raise ValueError(f"{kind}: one tag per request")
+        out: list[Any] = [None] * len(requests)
+        keys = [result_key(r) for r in requests]
+        found = self.cache.get_results(keys) if self.cache is not None else {}
         by_model: dict[str, list[int]] = defaultdict(list)
         for idx, r in enumerate(requests):
             self.registry.get(r.model)
-            by_model[r.model].append(idx)
-        out: list[ScoreResult | None] = [None] * len(requests)
+            if keys[idx] in found:
+                out[idx] = decode(found[keys[idx]])
+                out[idx].usage = Usage(cache_hits=1)
+            else:
+                by_model[r.model].append(idx)
 
-        def run_model(model: str) -> list[tuple[int, ScoreResult]]:
+        def run_model(model: str) -> list[tuple[int, Any]]:
             idxs = by_model[model]
-            results = self.backend(model).score([requests[i] for i in idxs])
-            self.calls.append(BackendCall(model, "score", len(idxs), sum(len(requests[i].continuations) for i in idxs)))
+            results = getattr(self.backend(model), kind)([requests[i] for i in idxs])
+            self.calls.append(BackendCall(model, kind, len(idxs), sum(count(requests[i]) for i in idxs)))
             return list(zip(idxs, results, strict=True))
 
+        fresh: list[tuple[str, Any]] = []
         for idx, res in self._fan_out(list(by_model), run_model):
             u = res.usage
             self._cost(requests[idx].model, u)
-            self.ledger.record(tags[idx], requests[idx].model, u)
             out[idx] = res
-        return [r for r in out if r is not None]
+            fresh.append((keys[idx], encode(res)))
+        if self.cache is not None:
+            self.cache.put_results(fresh)
+        for idx, r in enumerate(requests):
+            self.ledger.record(tags[idx], r.model, out[idx].usage)
+        return out
 
     @staticmethod
     def _fan_out(models: list[str], fn):  # type: ignore[no-untyped-def]

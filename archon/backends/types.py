@@ -19,6 +19,11 @@ class Message:
     content: str
 
 
+def chat(system: str | None, user: str) -> tuple[Message, ...]:
+    """The one place a system prompt is prepended: ``(system?, user)`` as messages."""
+    return ((Message("system", system),) if system else ()) + (Message("user", user),)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One prompt sent to one model for ``n`` samples.
@@ -90,6 +95,36 @@ class ScoreRequest:
             return self.prompt + self.assistant_prefix
         body = "\n".join(f"{m.role}:{m.content}" for m in self.messages or ())
         return body + "\nassistant:" + self.assistant_prefix
+
+
+@dataclass(frozen=True)
+class RewardRequest:
+    """A reward / pooling model's output for one text (Qwen2.5-Math-PRM, ORMs, classifiers).
+
+    ``messages`` are rendered with the model's own chat template (no generation prompt when
+    the last turn is the assistant's: the scored answer sits there, step tags included);
+    ``prompt`` is sent as is. The backend returns the pooled rows (a PRM: one row of class
+    probabilities per step tag; an ORM: one row); what a row means is the scorer's business.
+    """
+
+    model: str
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    step_tag: str | None = None
+    """The token marking the end of each step (``<extra_0>``): the backend returns one row per tag."""
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("RewardRequest needs exactly one of `prompt` or `messages`")
+
+    @property
+    def assistant_prefix(self) -> str:  # the budget's prompt estimate reads it
+        return ""
+
+    def prefix_text(self) -> str:
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(f"{m.role}:{m.content}" for m in self.messages or ())
 
 
 @dataclass
@@ -197,4 +232,12 @@ class ScoreResult:
 
     logprobs: list[float]
     token_logprobs: list[list[float]]
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class RewardResult:
+    """The pooled rows of one ``RewardRequest`` (empty when the call was skipped)."""
+
+    rows: list[list[float]]
     usage: Usage = field(default_factory=Usage)
