@@ -9,7 +9,9 @@
     python -m archon.benchmarks.perf_idealized_runtime [--limit 8] [--max-tokens 8] [--samples 2]
 
 Writes ``results/idealized_runtime.json`` and ``.md`` (and the profile it measured,
-``results/idealized_runtime_profile.json``). About 2-4 minutes on a 2-core machine.
+``results/idealized_runtime_profile.json``). A few minutes on an idle 2-core machine; the
+figures in ``results/`` took 45 minutes at a load average of ~20 (other work on the machine),
+which also inflated the profile's seconds (not its use here: both runs share it).
 """
 
 from __future__ import annotations
