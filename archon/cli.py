@@ -254,7 +254,10 @@ def models_convert(
     src: Annotated[Path, typer.Argument(help="GGUF file")],
     dest: Annotated[Path, typer.Argument(help="output folder (Hugging Face layout)")],
 ) -> None:
-    """Convert a GGUF into a Hugging Face folder that vLLM can load (needs the [cpu] extra)."""
+    """Convert a GGUF into a Hugging Face folder that vLLM can load.
+
+    Needs the `cpu` extra: pip install "archon\\[cpu]".
+    """
     from archon.backends.convert import convert_gguf_to_hf
 
     try:

@@ -72,7 +72,7 @@ def eval_command(
                                           "rerunning resumes")],
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="benchmark files NAME/split.jsonl "
                                                   "(default: ../shared/data, else the Hugging Face hub)")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="evaluate this many questions")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="evaluate this many questions")] = None,
     split: Annotated[str | None, typer.Option("--split", help="benchmark split (default: test)")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="with --limit: draw the questions at random "
                                              "with this seed (default: the first N)")] = None,
