@@ -31,12 +31,13 @@ app.add_typer(models_app, name="models")
 _fail = fail  # every command prints errors through archon.commands.console
 
 
-def _load(config: Path, model: str | None, no_cache: bool, cache: Path | None):  # type: ignore[no-untyped-def]
+def _load(config: Path, model: str | None, no_cache: bool, cache: Path | None,  # type: ignore[no-untyped-def]
+          runtime_profiles: list[str] | None = None):
     from archon.pipeline import Pipeline
 
     cache_setting: bool | Path = False if no_cache else (cache or True)
     if config.suffix.lower() == ".json":  # an Archon architecture: say what differs, as import-archon does
-        from archon.config import parse_config
+        from archon.config import apply_runtime_profiles, parse_config
         from archon.importers import convert_archon
 
         result = convert_archon(config)
@@ -45,14 +46,18 @@ def _load(config: Path, model: str | None, no_cache: bool, cache: Path | None): 
                       "behaviour difference(s)[/] (`archon import-archon` writes them into the YAML):")
             for note in result.differs:
                 err.print(f"  - {escape(note.where() + ': ' + note.message)}", highlight=False, soft_wrap=True)
-        return Pipeline.from_config(parse_config(result.config, file=str(config)), source=str(config),
-                                    model=model, cache=cache_setting)
-    return Pipeline.from_yaml(config, model=model, cache=cache_setting)
+        parsed = parse_config(result.config, file=str(config))
+        if runtime_profiles:
+            parsed = apply_runtime_profiles(parsed, list(runtime_profiles))
+        return Pipeline.from_config(parsed, source=str(config), model=model, cache=cache_setting)
+    return Pipeline.from_yaml(config, model=model, cache=cache_setting, runtime_profiles=runtime_profiles or ())
 
 
 CacheOpt = Annotated[Path | None, typer.Option("--cache", help="call cache file (default: ~/.cache/archon)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="do not read or write the call cache")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="send every node's calls to this model")]
+ProfileOpt = Annotated[list[str] | None, typer.Option(
+    "--runtime-profile", help="NAME=PATH: model NAME's runtime profile file, for the idealized runtime")]
 
 
 @app.command()
@@ -70,13 +75,14 @@ def run(
                                                   "(default: the config's, else dataflow)")] = None,
     no_cache: NoCacheOpt = False,
     cache: CacheOpt = None,
+    runtime_profile: ProfileOpt = None,
 ) -> None:
     """Run a pipeline on one question or a JSONL file of questions."""
     if (input is None) == (input_file is None):
         err.print("[red]give exactly one of --input or --input-file[/]")
         raise typer.Exit(2)
     try:
-        pipe = _load(config, model, no_cache, cache)
+        pipe = _load(config, model, no_cache, cache, runtime_profile)
         set_scheduler(pipe, scheduler)
         with pipe:
             if input is not None:
@@ -92,7 +98,7 @@ def run(
                     err.print(f"[dim]{int(u['total_tokens'])} tokens ({int(u['prompt_tokens'])} prompt, "
                               f"{cached}, {int(u['completion_tokens'])} completion), "
                               f"{int(u['calls'])} calls, {int(u['cache_hits'])} cache hits, "
-                              f"{result.latency_s:.1f}s[/]")
+                              f"{result.latency_s:.1f}s, {_idealized_text(u)}[/]")
                 if result.error:
                     err.print(f"[red]{escape(result.error)}[/]")
                 return
@@ -100,6 +106,12 @@ def run(
             _run_file(pipe, input_file, output, window or batch_size, as_json)
     except ArchonError as exc:
         raise _fail(exc) from None
+
+
+def _idealized_text(u: dict) -> str:  # type: ignore[type-arg]
+    if u.get("idealized_unknown_calls"):
+        return "idealized runtime unknown (no runtime profile; see `archon models profile`)"
+    return f"{float(u.get('idealized_runtime_s', 0.0)):.2f}s idealized"
 
 
 def _run_file(pipe, input_file: Path, output: Path | None, window: int | None, as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -205,13 +217,73 @@ def models_list(config: Annotated[Path | None, typer.Argument(help="pipeline YAM
             registry = _load(config, None, True, None).registry
         except ArchonError as exc:
             raise _fail(exc) from None
-    table = Table("name", "backend", "where", "parameters")
+    from archon.backends.runtime_profile import resolve_profile
+
+    table = Table("name", "backend", "where", "parameters", "runtime profile")
     for name in registry.names():
         spec = registry.get(name)
         where = spec.path or ", ".join(spec.base_urls()) or ("bundled Gemma 3 270M" if name == "embedded" else "-")
+        try:
+            profile = resolve_profile(name, spec).source or "-"
+        except ArchonError as exc:
+            profile = f"error: {exc}"
         table.add_row(escape(name), spec.backend, escape(where),
-                      f"{spec.parameters:,.0f}" if spec.parameters else "-")
+                      f"{spec.parameters:,.0f}" if spec.parameters else "-", escape(profile))
     out.print(table)
+
+
+@models_app.command("profile")
+def models_profile(
+    model: Annotated[str, typer.Argument(help="model name (`embedded` or one defined in --config)")] = "embedded",
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="profile file to write "
+                                                  "(default: MODEL.runtime_profile.json)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="pipeline YAML that defines the model")
+                      ] = None,
+    prompt_lengths: Annotated[str, typer.Option(help="prompt lengths of the sweep (tokens)")] = "8,64,256,1024",
+    output_lengths: Annotated[str, typer.Option(help="output lengths of the sweep (tokens)")] = "1,16,64",
+    cached_lengths: Annotated[str, typer.Option(help="cached-prefix lengths (tokens; empty: skip)")] = "256,1024",
+    repeats: Annotated[int, typer.Option(min=1, help="timed runs per point (the median is fitted)")] = 3,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed calls first")] = 2,
+) -> None:
+    """Measure MODEL's runtime profile on this machine, for the idealized runtime (Narayanan et al.).
+
+    Run it on an otherwise idle machine: the profile should describe the engine without contention.
+    """
+    from archon.backends.profiling import measure_profile, parse_lengths, settings_from
+    from archon.backends.registry import ModelRegistry
+    from archon.backends.router import default_backend_factory
+
+    try:
+        registry = ModelRegistry() if config is None else _load(config, None, True, None).registry
+        spec = registry.get(model)
+        try:
+            settings = settings_from(parse_lengths(prompt_lengths, "--prompt-lengths"),
+                                     parse_lengths(output_lengths, "--output-lengths"),
+                                     parse_lengths(cached_lengths, "--cached-lengths") if cached_lengths else (),
+                                     repeats, warmup)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        backend = default_backend_factory(model, spec)
+        try:
+            label = f"profiling {escape(model)}"
+            with err.status(label) as status:
+                profile = measure_profile(model, spec, backend, settings,
+                                          progress=lambda msg: status.update(f"{label}: {escape(msg)}"))
+        finally:
+            backend.close()
+    except ArchonError as exc:
+        raise _fail(exc) from None
+    path = profile.save(out_file or Path(f"{model}.runtime_profile.json"))
+    c = profile.coefficients
+    table = Table("prompt tokens (uncached)", "F: encode seconds", title=f"runtime profile of {escape(model)}")
+    for k, v in zip(c.prompt_knots, c.prompt_runtime_s, strict=True):
+        table.add_row(f"{k:.0f}", f"{v:.4f}")
+    out.print(table)
+    out.print(f"per output token after the first: {1000 * c.per_output_token_s:.2f} ms; per cached prompt token: "
+              f"{1e6 * c.per_cached_token_s:.2f} us; fit R^2 {profile.fit['r2']:.4f}, "
+              f"RMSE {profile.fit['rmse_s']:.4f}s over {int(profile.fit['points'])} points")
+    out.print(f"[green]wrote[/] {escape(str(path))}  (use it: `models: {{{escape(model)}: {{runtime_profile: "
+              f"{escape(str(path))}}}}}` or --runtime-profile {escape(model)}={escape(str(path))})")
 
 
 @models_app.command("convert")

@@ -181,6 +181,44 @@ def parse_config(data: dict[str, Any], *, file: str | None = None, root: yaml.No
     return config
 
 
+def apply_runtime_profiles(config: PipelineConfig, pairs: list[str] | tuple[str, ...]) -> PipelineConfig:
+    """``--runtime-profile NAME=PATH``: point model NAME at a runtime profile file.
+
+    ``embedded`` can be given without defining it under ``models:``.
+    """
+    from archon.backends.registry import EMBEDDED_NAME, embedded_spec
+    from archon.backends.runtime_profile import RuntimeProfile
+
+    models = dict(config.models)
+    for pair in pairs:
+        name, eq, path = pair.partition("=")
+        name, path = name.strip(), path.strip()
+        if not eq or not name or not path:
+            raise ConfigError(f"--runtime-profile {pair!r}: expected NAME=PATH",
+                              hint="e.g. --runtime-profile embedded=embedded.runtime_profile.json")
+        spec = models.get(name) or (embedded_spec() if name == EMBEDDED_NAME else None)
+        if spec is None:
+            known = sorted({*models, EMBEDDED_NAME})
+            raise ConfigError(f"--runtime-profile {pair!r}: unknown model {name!r}",
+                              hint=suggest(name, known) or f"known models: {', '.join(known)}")
+        RuntimeProfile.load(path, field=f"--runtime-profile {name}")  # fail now, not mid-run
+        models[name] = spec.model_copy(update={"runtime_profile": path})
+    return config.model_copy(update={"models": models})
+
+
+def check_runtime_profiles(config: PipelineConfig, file: str | None = None) -> None:
+    """Every ``runtime_profile:`` in ``models:`` names a readable profile (checked at load time)."""
+    from archon.backends.runtime_profile import RuntimeProfile
+
+    for name, spec in config.models.items():
+        if spec.runtime_profile:
+            try:
+                RuntimeProfile.load(spec.runtime_profile, field=f"models.{name}.runtime_profile")
+            except ConfigError as exc:
+                where = f" (in {file})" if file else ""
+                raise ConfigError(exc.message + where, file=exc.file, path=exc.path, hint=exc.hint) from None
+
+
 def technique_class(name: str, plugins: Sequence[str] | None = None) -> type[Technique]:
     """A packaged technique by name, or ``package.module:Class`` from a module in ``plugins``.
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from archon.backends.cache import CallCache
 from archon.backends.registry import ModelRegistry, ModelSpec
 from archon.backends.router import ModelRouter
-from archon.config import PipelineConfig, build_graph
+from archon.config import PipelineConfig, build_graph, check_runtime_profiles
 from archon.data import ChatMessage, Query, QueryResult
 from archon.engine.budget import Budget
 from archon.engine.dataflow import DataflowExecutor
@@ -93,6 +93,7 @@ class Pipeline:
     def from_config(cls, config: PipelineConfig, *, source: str | None = None, root: Any = None,
                     model: str | None = None, **kwargs: Any) -> Pipeline:
         graph = build_graph(config, file=source, root=root, model_override=model)
+        check_runtime_profiles(config, source)
         defaults = config.defaults.to_defaults()
         if model:
             defaults.model = model
@@ -102,11 +103,17 @@ class Pipeline:
                    name=config.name, config=config, source=source, **kwargs)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, *, model: str | None = None, **kwargs: Any) -> Pipeline:
-        """Load and validate a YAML (or Archon JSON) config; nothing is called yet."""
+    def from_yaml(cls, path: str | Path, *, model: str | None = None, runtime_profiles: Sequence[str] = (),
+                  **kwargs: Any) -> Pipeline:
+        """Load and validate a YAML (or Archon JSON) config; nothing is called yet.
+
+        ``runtime_profiles``: ``NAME=PATH`` items pointing models at runtime profile files."""
+        from archon.config import apply_runtime_profiles
         from archon.importers import read_pipeline_config
 
         config, root = read_pipeline_config(path)  # .yaml as is; Archon .json converted on the fly
+        if runtime_profiles:
+            config = apply_runtime_profiles(config, list(runtime_profiles))
         return cls.from_config(config, source=str(path), root=root, model=model, **kwargs)
 
     @property

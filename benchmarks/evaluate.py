@@ -31,6 +31,13 @@ Metrics (``EvalSummary``):
   Latency is the model time of the query's own calls; a row's ``batch_wall_s`` is the wall
   time from the question's admission to its result (with ``scheduler: levels``, its
   chunk's); wall time covers all sessions, grading included.
+* idealized runtime per query (Narayanan et al. 2023; ``docs/idealized_runtime.md``): the
+  seconds the query's calls would take on the models' profiled engines without contention,
+  each call in isolation, from token counts alone; with the accelerator-weighted
+  ``idealized_cost`` (accelerator-seconds) and, where every model has a price per
+  accelerator-hour, ``idealized_price``. Measured latency stays beside it. It is ``None``,
+  with ``idealized_note`` saying why, when a model has no runtime profile. ``run.json``
+  records which profile each model used.
 """
 
 from __future__ import annotations
@@ -64,7 +71,8 @@ RUN_FILE = "run.json"
 SUMMARY_LOCK_FILE = ".summary.lock"
 SUMMARY_FILE = "summary.json"
 USAGE_KEYS = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "total_tokens", "calls", "latency_s",
-              "flops", "cache_hits", "cache_unknown_prompt_tokens")
+              "flops", "cache_hits", "cache_unknown_prompt_tokens", "idealized_runtime_s", "idealized_cost",
+              "idealized_price", "idealized_unknown_calls")
 
 
 class EvalSummary(BaseModel):
@@ -102,6 +110,11 @@ class EvalSummary(BaseModel):
     calls_per_query: float = 0.0
     flops_per_query: float = 0.0
     latency_per_query_s: float = 0.0
+    idealized_runtime_per_query_s: float | None = None  # None: some model has no runtime profile
+    idealized_cost_per_query: float | None = None  # accelerator-seconds
+    idealized_price_per_query: float | None = None  # only when every model has a price per accelerator-hour
+    idealized_note: str | None = None  # why the idealized figures are absent
+    runtime_profiles: dict[str, Any] = Field(default_factory=dict)  # per model: the profile used, or why none
     totals: dict[str, float] = Field(default_factory=dict)  # the pipeline's cost: spent + cache_saved
     spent: dict[str, float] = Field(default_factory=dict)  # what this run paid
     cache_saved: dict[str, float] = Field(default_factory=dict)  # what the call cache served
@@ -240,10 +253,11 @@ def apply_overrides(data: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]
 
 
 def load_pipeline(config: str | Path, *, model: str | None = None, cache: bool | str | Path = True,
-                  sets: Sequence[str] = ()) -> Any:
+                  sets: Sequence[str] = (), runtime_profiles: Sequence[str] = ()) -> Any:
     """A pipeline from a YAML (or Archon ``.json``) config with ``sets`` overrides applied, on a
-    router that also meters what the call cache saved (so cached runs report their full cost)."""
-    from archon.config import load_yaml, parse_config
+    router that also meters what the call cache saved (so cached runs report their full cost).
+    ``runtime_profiles``: ``NAME=PATH`` items (``--runtime-profile``)."""
+    from archon.config import apply_runtime_profiles, load_yaml, parse_config
     from archon.importers import read_pipeline_config
     from archon.pipeline import Pipeline, make_router
     from archon.search.metering import MeteredRouter
@@ -257,6 +271,8 @@ def load_pipeline(config: str | Path, *, model: str | None = None, cache: bool |
         else:
             data = load_yaml(path)[0]
         parsed, root = parse_config(apply_overrides(data, sets), file=str(path)), None  # values changed: no lines
+    if runtime_profiles:
+        parsed = apply_runtime_profiles(parsed, list(runtime_profiles))
     router = MeteredRouter.wrap(make_router(parsed.registry(), cache=cache))
     return Pipeline.from_config(parsed, source=str(path), root=root, model=model, router=router)
 
@@ -302,6 +318,30 @@ def run_items(pipe: Any, items: Sequence[Item]) -> list[list[QueryResult]]:
         for i, r in zip(todo, results, strict=True):
             runs[i].append(r)
     return runs
+
+
+def runtime_profiles_used(pipe: Any) -> dict[str, Any]:
+    """Per model: the runtime profile its idealized runtime comes from (file, hardware, engine,
+    accelerators) or why there is none; ``run.json`` keeps it next to the numbers."""
+    from archon.backends.runtime_profile import accelerators, resolve_profile
+
+    out: dict[str, Any] = {}
+    registry = pipe.router.registry  # the specs the calls are costed with
+    for m in pipe.models():
+        if m not in registry:
+            continue
+        spec = registry.get(m)
+        lookup = pipe.router.runtime_profile(m) if hasattr(pipe.router, "runtime_profile") \
+            else resolve_profile(m, spec)
+        if lookup.profile is None:
+            out[m] = {"missing": lookup.reason}
+            continue
+        p = lookup.profile
+        out[m] = {"source": lookup.source, "profiled_model": p.model, "created_at": p.created_at,
+                  "hardware": p.hardware.get("cpu"), "gpus": p.hardware.get("gpus") or [],
+                  "engine": f"{p.engine.get('backend')} {p.engine.get('version') or ''}".strip(),
+                  "accelerators": accelerators(spec), "price_per_accelerator_hour": spec.price_per_accelerator_hour}
+    return out
 
 
 def saved_usage(router: Any, results: Sequence[QueryResult]) -> dict[str, float] | None:
@@ -441,6 +481,7 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
         "pipeline": {"name": pipe.name, "source": source, "config": config_dump, **pipeline_meta},
         "models": pipe.models(),
         "coverage_source": "root nodes: " + ", ".join(root_nodes(pipe)),
+        "runtime_profiles": runtime_profiles_used(pipe),
         "git_revision": git_revision(),
         "archon_version": _archon_version(),
         "created_at": _now(),
@@ -664,6 +705,7 @@ def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSumm
         models=manifest.get("models", []), git_revision=manifest.get("git_revision"),
         archon_version=manifest.get("archon_version"), created_at=manifest.get("created_at", ""),
         updated_at=_now(), coverage_source=manifest.get("coverage_source", ""),
+        runtime_profiles=manifest.get("runtime_profiles", {}),
         wall_time_s=round(sum(float(x.get("wall_s", 0.0)) for x in sessions), 3),
     )
     s.complete = n >= s.n_total
@@ -708,12 +750,30 @@ def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSumm
         s.calls_per_query = totals.get("calls", 0) / n
         s.flops_per_query = totals.get("flops", 0) / n
         s.latency_per_query_s = sum(float(r.get("latency_s", 0.0)) for r in rows) / n
+        _idealized(s, rows, totals, n)
     s.cache_hits = int(spent.get("cache_hits", 0))
     s.flops_upper_bound = totals.get("cache_unknown_prompt_tokens", 0) > 0
     gu = [r["grader_usage"] for r in rows if r.get("grader_usage")]
     if gu:
         s.grader_usage = _sum_usage(gu)
     return s
+
+
+def _idealized(s: EvalSummary, rows: Sequence[dict[str, Any]], totals: dict[str, float], n: int) -> None:
+    """Idealized figures per query, or the reason they are absent (rows from before the
+    metric existed have no ``idealized_*`` keys and count as unknown)."""
+    missing = [v["missing"] for v in s.runtime_profiles.values() if isinstance(v, dict) and "missing" in v]
+    unknown = totals.get("idealized_unknown_calls", 0) > 0 or any(
+        (r.get("usage") or {}).get("calls") and "idealized_runtime_s" not in r["usage"] for r in rows)
+    if unknown:
+        s.idealized_note = "; ".join(missing) or "some calls have no idealized runtime (run made without profiles)"
+        return
+    s.idealized_runtime_per_query_s = totals.get("idealized_runtime_s", 0.0) / n
+    s.idealized_cost_per_query = totals.get("idealized_cost", 0.0) / n
+    priced = bool(s.runtime_profiles) and all(
+        isinstance(v, dict) and v.get("price_per_accelerator_hour") is not None for v in s.runtime_profiles.values())
+    if priced:
+        s.idealized_price_per_query = totals.get("idealized_price", 0.0) / n
 
 
 def load_summary(run_dir: str | Path) -> EvalSummary:

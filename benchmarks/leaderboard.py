@@ -6,7 +6,10 @@ seed, ids) and same grader name and version. Other runs go into separate groups,
 saying how it differs from the first group (``strict=True`` refuses instead).
 
 The Pareto front of a group is the set of runs no other run beats on both accuracy
-(higher) and tokens per query (lower).
+(higher) and cost per query (lower). The cost axis is tokens per query unless ``cost``
+says otherwise: ``idealized_runtime`` (Narayanan et al.'s idealized runtime, comparable
+across machines and loads), ``idealized_cost`` (accelerator-seconds), measured
+``latency``, ``calls`` or ``flops``. Runs without the figure are never on the front.
 """
 
 from __future__ import annotations
@@ -34,7 +37,18 @@ SORT_KEYS = {
     "calls": ("calls_per_query", False),
     "latency": ("latency_per_query_s", False),
     "flops": ("flops_per_query", False),
+    "idealized_runtime": ("idealized_runtime_per_query_s", False),
+    "idealized_cost": ("idealized_cost_per_query", False),
     "name": ("label", False),
+}
+# cost axis name: (summary attribute, axis label)
+COST_AXES = {
+    "tokens": ("tokens_per_query", "tokens per query"),
+    "calls": ("calls_per_query", "backend calls per query"),
+    "flops": ("flops_per_query", "FLOPs per query"),
+    "latency": ("latency_per_query_s", "measured latency per query (s)"),
+    "idealized_runtime": ("idealized_runtime_per_query_s", "idealized runtime per query (s)"),
+    "idealized_cost": ("idealized_cost_per_query", "idealized cost per query (accelerator-s)"),
 }
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
@@ -59,6 +73,7 @@ class Group:
     title: str
     reason: str = ""  # how it differs from the first group
     entries: list[Entry] = field(default_factory=list)
+    cost: str = "tokens"  # the Pareto front's cost axis (a COST_AXES key)
 
     @property
     def metric(self) -> str:
@@ -116,14 +131,23 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return flags
 
 
-def build_groups(summaries: Sequence[EvalSummary], sort: str = "accuracy", strict: bool = False) -> list[Group]:
+def cost_value(s: EvalSummary, cost: str) -> float:
+    """The run's cost on axis ``cost``; NaN when it has none (no runtime profile)."""
+    v = getattr(s, COST_AXES[cost][0])
+    return math.nan if v is None else float(v)
+
+
+def build_groups(summaries: Sequence[EvalSummary], sort: str = "accuracy", strict: bool = False,
+                 cost: str = "tokens") -> list[Group]:
     if sort not in SORT_KEYS:
         raise ConfigError(f"unknown sort key {sort!r}", hint=f"one of: {', '.join(SORT_KEYS)}")
+    if cost not in COST_AXES:
+        raise ConfigError(f"unknown cost axis {cost!r}", hint=f"one of: {', '.join(COST_AXES)}")
     groups: dict[tuple[str, str, str], Group] = {}
     for s in summaries:
         k = group_key(s)
         if k not in groups:
-            groups[k] = Group(k, _title(s))
+            groups[k] = Group(k, _title(s), cost=cost)
         groups[k].entries.append(Entry(s, s.name))
     ordered = list(groups.values())
     if ordered:
@@ -140,7 +164,7 @@ def build_groups(summaries: Sequence[EvalSummary], sort: str = "accuracy", stric
         for e in g.entries:  # same pipeline name twice: tell them apart by directory
             if names.count(e.label) > 1:
                 e.label = f"{e.label} ({Path(e.summary.run_dir).name})"
-        pts = [(e.summary.tokens_per_query, e.accuracy if e.accuracy is not None else math.nan) for e in g.entries]
+        pts = [(cost_value(e.summary, cost), e.accuracy if e.accuracy is not None else math.nan) for e in g.entries]
         for e, flag in zip(g.entries, pareto_front(pts), strict=True):
             e.pareto = flag
 
@@ -154,8 +178,9 @@ def build_groups(summaries: Sequence[EvalSummary], sort: str = "accuracy", stric
     return ordered
 
 
-def load_groups(run_dirs: Sequence[str | Path], sort: str = "accuracy", strict: bool = False) -> list[Group]:
-    return build_groups([load_summary(d) for d in run_dirs], sort=sort, strict=strict)
+def load_groups(run_dirs: Sequence[str | Path], sort: str = "accuracy", strict: bool = False,
+                cost: str = "tokens") -> list[Group]:
+    return build_groups([load_summary(d) for d in run_dirs], sort=sort, strict=strict, cost=cost)
 
 
 # -- cells -------------------------------------------------------------------------------------
@@ -176,7 +201,8 @@ def _fmt_num(x: float) -> str:
     return f"{x:,.1f}" if abs(x) < 100 else f"{x:,.0f}"
 
 
-COLUMNS = ("pipeline", "score [95% CI]", "coverage", "tokens/q", "calls/q", "latency/q", "FLOPs/q", "n", "pareto")
+COLUMNS = ("pipeline", "score [95% CI]", "coverage", "tokens/q", "calls/q", "latency/q", "idealized/q", "FLOPs/q",
+           "n", "pareto")
 
 
 def cells(e: Entry) -> list[str]:
@@ -189,6 +215,7 @@ def cells(e: Entry) -> list[str]:
         _fmt_num(s.tokens_per_query),
         _fmt_num(s.calls_per_query),
         f"{s.latency_per_query_s:.2f}s",
+        f"{s.idealized_runtime_per_query_s:.2f}s" if s.idealized_runtime_per_query_s is not None else "-",
         ("≤" if s.flops_upper_bound else "") + f"{s.flops_per_query:.3g}",  # server hid its cache hits
         n + (f" ({s.errors} err)" if s.errors else ""),
         "*" if e.pareto else "",
@@ -203,7 +230,10 @@ def record(e: Entry, g: Group) -> dict[str, Any]:
         "coverage": s.coverage, "pass_at_k": s.pass_at_k, "tokens_per_query": s.tokens_per_query,
         "calls_per_query": s.calls_per_query, "latency_per_query_s": s.latency_per_query_s,
         "flops_per_query": s.flops_per_query, "flops_upper_bound": s.flops_upper_bound,
-        "n": s.n, "n_total": s.n_total, "errors": s.errors,
+        "idealized_runtime_per_query_s": s.idealized_runtime_per_query_s,
+        "idealized_cost_per_query": s.idealized_cost_per_query,
+        "idealized_price_per_query": s.idealized_price_per_query, "idealized_note": s.idealized_note, "n": s.n,
+        "n_total": s.n_total, "errors": s.errors,
         "pareto": e.pareto, "config_hash": s.pipeline.get("config_hash"),
         "grader": f"{s.grader.get('name')} {s.grader.get('version')}",
     }
@@ -258,7 +288,8 @@ def rich_tables(groups: Sequence[Group]) -> list[Any]:
 
 
 def plot_png(groups: Sequence[Group]) -> bytes:
-    """Accuracy against tokens per query, one panel per group, the Pareto front marked."""
+    """Accuracy against the groups' cost axis (tokens per query by default), one panel per
+    group, the Pareto front marked. Runs without that cost (no runtime profile) are left out."""
     try:
         import matplotlib
 
@@ -271,28 +302,28 @@ def plot_png(groups: Sequence[Group]) -> bytes:
     for ax, g in zip(axes[0], groups, strict=False):
         judge = g.metric == "judge_score"
         scale = 1.0 if judge else 100.0
-        pts = [e for e in g.entries if e.accuracy is not None]
+        pts = [e for e in g.entries if e.accuracy is not None and not math.isnan(cost_value(e.summary, g.cost))]
         for e in pts:
             s = e.summary
+            x = max(cost_value(s, g.cost), 1e-9)
             y = s.accuracy * scale  # type: ignore[operator]
             lo = s.ci_low if s.ci_low is not None else s.accuracy
             hi = s.ci_high if s.ci_high is not None else s.accuracy
             yerr = [[max(0.0, y - lo * scale)], [max(0.0, hi * scale - y)]]  # type: ignore[operator]
-            ax.errorbar([max(s.tokens_per_query, 1e-9)], [y], yerr=yerr, fmt="o", capsize=3,
+            ax.errorbar([x], [y], yerr=yerr, fmt="o", capsize=3,
                         color="tab:red" if e.pareto else "tab:blue", alpha=0.9)
-            ax.annotate(e.label, (max(s.tokens_per_query, 1e-9), y), textcoords="offset points", xytext=(5, 5),
-                        fontsize=8)
-        front = sorted((e for e in pts if e.pareto), key=lambda e: e.summary.tokens_per_query)
+            ax.annotate(e.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        front = sorted((e for e in pts if e.pareto), key=lambda e: cost_value(e.summary, g.cost))
         if front:
-            ax.step([e.summary.tokens_per_query for e in front], [e.accuracy * scale for e in front],  # type: ignore[operator]
+            ax.step([cost_value(e.summary, g.cost) for e in front], [e.accuracy * scale for e in front],  # type: ignore[operator]
                     where="post", color="tab:red", linestyle="--", linewidth=1, marker="o",
                     label="Pareto front (red)")
             ax.legend(loc="lower right", fontsize=8)
         ax.set_ylim((0.5, 10.5) if judge else (-3, 103))
-        xs = [e.summary.tokens_per_query for e in pts if e.summary.tokens_per_query > 0]
+        xs = [cost_value(e.summary, g.cost) for e in pts if cost_value(e.summary, g.cost) > 0]
         if xs and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
-        ax.set_xlabel("tokens per query")
+        ax.set_xlabel(COST_AXES[g.cost][1])
         ax.set_ylabel("mean judge rating (1-10)" if judge else "accuracy (%)")
         ax.set_title("\n".join(textwrap.wrap(g.title, 70)), fontsize=8)
         ax.grid(True, alpha=0.3)
@@ -325,7 +356,8 @@ def render_html(groups: Sequence[Group], plot: bytes | None = None, title: str =
                                                    for r, v in metas) + "</p>")
     if plot:
         data = base64.b64encode(plot).decode()
-        parts.append(f"<h2>Accuracy vs tokens per query</h2><img alt='accuracy vs tokens per query' "
+        axis = COST_AXES[groups[0].cost][1] if groups else "tokens per query"
+        parts.append(f"<h2>Accuracy vs {html.escape(axis)}</h2><img alt='accuracy vs {html.escape(axis)}' "
                      f"src='data:image/png;base64,{data}'>")
     parts.append("<p class='meta'>Pareto front (bold, red): no other run is both more accurate and cheaper. "
                  "CI: 95% Wilson interval (judge scores: normal approximation).</p></body></html>")

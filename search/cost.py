@@ -5,6 +5,11 @@ Every technique estimates its own calls (``Technique.estimate``, which asks its 
 candidates its inputs produce (how many, and tokens each) and adds the calls up, with FLOPs
 from the models' parameter counts. Completions are assumed to fill ``max_tokens``.
 
+The idealized runtime (``runtime``) is estimated with the models' runtime profiles when
+``runtime`` is given: each call costs the profile's runtime of its prompt tokens per call
+and completions per call (samples of one request are costed as if each prompt were encoded,
+an upper-ish bound like the rest); ``None`` when a model has no profile.
+
 The estimate is an upper-ish bound (completions often stop early); the search calibrates it
 against measured trials before skipping anything (see ``runner``). A technique without an
 estimate is costed 0 and listed in ``unknown``, so it is never skipped on a guess.
@@ -19,6 +24,9 @@ from typing import Any
 
 from archon.cost import CostInputs, Flow
 
+# (model, prompt tokens encoded per call, completion tokens per call) -> idealized seconds, None if unknown
+RuntimeFn = Callable[[str, float, float], "float | None"]
+
 
 @dataclass
 class CostEstimate:
@@ -31,6 +39,8 @@ class CostEstimate:
     flops: float = 0.0
     by_model: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     unknown: list[str] = field(default_factory=list)
+    runtime: float | None = 0.0  # idealized seconds; None without runtime profiles
+    runtime_of: RuntimeFn | None = field(default=None, repr=False)
 
     def add(self, model: str, prompt: float, completion: float, calls: float, parameters: float | None) -> None:
         self.prompt_tokens += prompt
@@ -39,11 +49,17 @@ class CostEstimate:
         self.calls += calls
         self.by_model[model] += prompt + completion
         self.flops += 2.0 * (parameters or 0.0) * (prompt + completion)
+        if self.runtime_of is None:
+            self.runtime = None
+        elif calls > 0 and self.runtime is not None:
+            per_call = self.runtime_of(model, prompt / calls, completion / calls)
+            self.runtime = None if per_call is None else self.runtime + calls * per_call
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokens": round(self.tokens, 1), "prompt_tokens": round(self.prompt_tokens, 1),
                 "completion_tokens": round(self.completion_tokens, 1), "calls": round(self.calls, 2),
-                "flops": self.flops, "unknown": list(self.unknown)}
+                "flops": self.flops, "runtime": round(self.runtime, 4) if self.runtime is not None else None,
+                "unknown": list(self.unknown)}
 
 
 def _nodes(config: dict[str, Any]) -> list[tuple[dict[str, Any], list[str]]]:
@@ -82,13 +98,14 @@ def _technique(node: dict[str, Any]) -> Any:
 
 
 def estimate_cost(config: dict[str, Any], *, question_tokens: float = 32.0,
-                  parameters: Callable[[str], float | None] | None = None) -> CostEstimate:
+                  parameters: Callable[[str], float | None] | None = None,
+                  runtime: RuntimeFn | None = None) -> CostEstimate:
     """Estimated cost of one query through the pipeline ``config`` (a config dict)."""
     defaults = config.get("defaults") or {}
     d_model = defaults.get("model", "embedded")
     d_max = int(defaults.get("max_tokens", 256))
     params_of = parameters or (lambda _m: None)
-    est = CostEstimate()
+    est = CostEstimate(runtime_of=runtime)
     outs: dict[str, Flow] = {}
     q = float(question_tokens)
     for node, inputs in _nodes(config):

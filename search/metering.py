@@ -11,7 +11,10 @@ cache saved:
   was generated in this process (the embedded engine counts the prompt once per sample),
   else the 4-characters-a-token estimate;
 * calls: one per request that was served from the cache entirely;
-* FLOPs: 2 x parameters x those tokens.
+* FLOPs: 2 x parameters x those tokens;
+* idealized runtime and cost: per cached sample, what its request's samples cost each when
+  it was generated in this process, else the profile's runtime of the sample as a query of
+  its own (``per_sample`` prompt tokens, uncached); unknown when the model has no profile.
 
 It can also record every generation request's sample keys and costs (``recorder``) so a
 benchmark can replay "what would N trials cost with / without reuse" exactly.
@@ -24,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from archon.backends.accounting import CallTag, flops_for
+from archon.backends.accounting import CallTag, add_idealized, flops_for
 from archon.backends.cache import sample_key
 from archon.backends.router import ModelRouter
 from archon.backends.types import GenerationRequest, GenerationResult, Usage
@@ -47,6 +50,7 @@ class MeteredRouter(ModelRouter):
     saved_total: Usage = field(default_factory=Usage)
     recorder: list[RequestRecord] | None = None
     _prompt_memo: dict[str, float] = field(default_factory=dict, repr=False)
+    _ideal_memo: dict[str, tuple[float, float, float]] = field(default_factory=dict, repr=False)
     _meter_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -82,7 +86,12 @@ class MeteredRouter(ModelRouter):
         with self._meter_lock:
             if fresh and result.usage.prompt_tokens:
                 self._prompt_memo.setdefault(prompt_key, result.usage.prompt_tokens / fresh)
+            if fresh and result.usage.idealized_known and result.usage.calls:
+                u = result.usage
+                self._ideal_memo.setdefault(prompt_key, (u.idealized_runtime_s / fresh, u.idealized_cost / fresh,
+                                                         u.idealized_price / fresh))
             per_sample = self._prompt_memo.get(prompt_key)
+            ideal = self._ideal_memo.get(prompt_key)
         if per_sample is None:
             per_sample = float(estimate_prompt_tokens(request))
         if self.recorder is not None:
@@ -97,6 +106,17 @@ class MeteredRouter(ModelRouter):
         spec = self.registry.get(request.model)
         saved = Usage(prompt_tokens=prompt, completion_tokens=completion, calls=0 if fresh else 1,
                       flops=flops_for(spec.parameters, prompt + completion))
+        if ideal is not None:
+            saved.idealized_runtime_s, saved.idealized_cost, saved.idealized_price = (x * len(cached) for x in ideal)
+        else:
+            lookup = self.runtime_profile(request.model)
+            for s in cached:
+                one = Usage(prompt_tokens=round(per_sample), completion_tokens=s.completion_tokens, calls=1)
+                add_idealized(one, lookup, spec)
+                saved.idealized_runtime_s += one.idealized_runtime_s
+                saved.idealized_cost += one.idealized_cost
+                saved.idealized_price += one.idealized_price
+                saved.idealized_unknown_calls = min(1, saved.idealized_unknown_calls + one.idealized_unknown_calls)
         with self._meter_lock:
             self.saved_by_query[tag.query] = self.saved_by_query[tag.query] + saved
             self.saved_total = self.saved_total + saved

@@ -75,6 +75,8 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "completion_tokens_per_query": cost.get("completion_tokens"),
         "calls_per_query": cost.get("calls"),
         "flops_per_query": cost.get("flops"),
+        "idealized_runtime_per_query_s": cost.get("runtime"),
+        "estimated_idealized_runtime_per_query_s": (a.get("estimate") or {}).get("runtime"),
         "estimated_tokens_per_query": (a.get("estimate") or {}).get("tokens"),
         "feasible": a.get("feasible"),
         "constraints": dict(t.constraints),
@@ -124,7 +126,8 @@ def summarize(search: Search, *, holdout: dict[str, Any] | None = None) -> dict[
         "holdout": holdout,
         "pareto": [{"trial": t.number, "pipeline": t.user_attrs.get("label"), "accuracy": t.user_attrs["accuracy"],
                     "tokens_per_query": t.user_attrs["cost"]["tokens"],
-                    "calls_per_query": t.user_attrs["cost"]["calls"]} for t in front],
+                    "calls_per_query": t.user_attrs["cost"]["calls"],
+                    "idealized_runtime_per_query_s": t.user_attrs["cost"].get("runtime")} for t in front],
         "reuse": {
             "tokens_generated": new,
             "tokens_saved_by_cache": saved,
@@ -174,23 +177,27 @@ def write_outputs(search: Search, out: Path, *, holdout: dict[str, Any] | None =
 def _pareto_md(report: dict[str, Any]) -> str:
     lines = ["# Pareto front: dev accuracy vs tokens per query", "",
              "Feasible trials evaluated on every dev question that no other such trial beats on both.", "",
-             "| # | trial | accuracy | tokens/query | calls/query | pipeline | file |",
-             "|---|---|---|---|---|---|---|"]
+             "| # | trial | accuracy | tokens/query | calls/query | idealized s/query | pipeline | file |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, p in enumerate(report["pareto"]):
         lines.append(f"| {i} | {p['trial']} | {p['accuracy']:.3f} | {p['tokens_per_query']:,.0f} | "
-                     f"{p['calls_per_query']:.1f} | {p['pipeline']} | {Path(p.get('yaml', '')).name} |")
+                     f"{p['calls_per_query']:.1f} | {_fmt(p.get('idealized_runtime_per_query_s'), 2)} | "
+                     f"{p['pipeline']} | {Path(p.get('yaml', '')).name} |")
     if not report["pareto"]:
-        lines.append("| - | no feasible trial evaluated on the whole dev set yet | | | | | |")
+        lines.append("| - | no feasible trial evaluated on the whole dev set yet | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
 def _trials_md(rows: list[dict[str, Any]]) -> str:
     lines = ["# Trials", "", "| trial | status | accuracy | questions | tokens/query (est.) | calls/query | "
-             "new tokens | reused tokens | pipeline | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "idealized s/query (est.) | new tokens | reused tokens | pipeline | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['number']} | {r['status']} | {_fmt(r['accuracy'], 3)} | {r['questions']} | "
                      f"{_fmt(r['tokens_per_query'], 0)} ({_fmt(r['estimated_tokens_per_query'], 0)}) | "
-                     f"{_fmt(r['calls_per_query'])} | {r['new_tokens']:,} | {r['saved_tokens']:,} | "
+                     f"{_fmt(r['calls_per_query'])} | {_fmt(r['idealized_runtime_per_query_s'], 2)} "
+                     f"({_fmt(r['estimated_idealized_runtime_per_query_s'], 2)}) | {r['new_tokens']:,} | "
+                     f"{r['saved_tokens']:,} | "
                      f"{r['pipeline']} | {(r['reason'] or '').replace('|', '/')[:120]} |")
     return "\n".join(lines) + "\n"
 

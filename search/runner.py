@@ -7,6 +7,10 @@ record accuracy and measured cost per query. Feasibility is an Optuna constraint
 (``trial.set_constraint``: ``measured / budget - 1 <= 0``), which TPE, GP, NSGA-II and
 ``study.best_trial(s)`` all read; the objective value stays the real accuracy.
 
+``runtime`` (``--budget-runtime``) is the idealized runtime per query (Narayanan et al.; the
+models' runtime profiles turn token counts into seconds), a budget that means the same on a
+loaded laptop and an idle server; the estimate before a trial uses the same profiles.
+
 Costs are the pipeline's price *without* reuse (real usage + what the call cache saved),
 so a trial that happens to be cached is not mistaken for a cheap one. What was really
 spent (``new_tokens``) and what reuse saved (``saved_tokens``) are recorded per trial.
@@ -34,7 +38,7 @@ from archon.config import build_graph, parse_config
 from archon.errors import ConfigError
 
 from .build import InvalidPipeline, OptunaSuggester, build_config, describe
-from .cost import estimate_cost
+from .cost import RuntimeFn, estimate_cost
 from .evaluation import EvaluateFn, SearchItem
 from .space import SearchSpace
 
@@ -50,9 +54,10 @@ class Budgets:
     tokens: float | None = None
     calls: float | None = None
     flops: float | None = None
+    runtime: float | None = None  # idealized seconds per query
 
     def is_set(self) -> bool:
-        return any(v is not None for v in (self.tokens, self.calls, self.flops))
+        return any(v is not None for v in (self.tokens, self.calls, self.flops, self.runtime))
 
     def limits(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items() if v is not None}
@@ -92,16 +97,20 @@ class Measured:
     def accuracy(self) -> float:
         return sum(self.scores) / self.n if self.n else 0.0
 
-    def per_query(self) -> dict[str, float]:
+    def per_query(self) -> dict[str, float | None]:
+        """Per query; ``runtime`` / ``idealized_cost`` are None when a model has no runtime profile."""
         n = max(1, self.n)
         full = self.usage + self.saved
+        known = full.idealized_known
         return {
             "tokens": full.total_tokens / n,
             "prompt_tokens": full.prompt_tokens / n,
-            "cached_prompt_tokens": self.usage.cached_prompt_tokens / n,
+            "cached_prompt_tokens": (self.usage.cached_prompt_tokens or 0) / n,
             "completion_tokens": full.completion_tokens / n,
             "calls": full.calls / n,
             "flops": full.flops / n,
+            "runtime": full.idealized_runtime_s / n if known else None,
+            "idealized_cost": full.idealized_cost / n if known else None,
         }
 
 
@@ -329,7 +338,8 @@ class Search:
 
     def __init__(self, space: SearchSpace, evaluate: EvaluateFn, dev: Sequence[SearchItem],
                  settings: SearchSettings, *, holdout: Sequence[SearchItem] = (),
-                 parameters: Callable[[str], float | None] | None = None, reporter: Reporter | None = None) -> None:
+                 parameters: Callable[[str], float | None] | None = None, reporter: Reporter | None = None,
+                 runtime: RuntimeFn | None = None) -> None:
         if not dev:
             raise ConfigError("no dev questions to search on", hint="raise --limit or lower --holdout")
         if settings.sampler not in SAMPLERS:
@@ -342,6 +352,7 @@ class Search:
         self.holdout = list(holdout)
         self.settings = settings
         self.parameters = parameters
+        self.runtime = runtime
         self.reporter: Reporter = reporter or _Quiet()
         self.question_tokens = statistics.fmean(len(it.query.question_text()) / 4 + 4 for it in self.dev)
         multi = settings.multi_objective
@@ -423,10 +434,11 @@ class Search:
             return statistics.median(ratios), True
         return 1.0, False
 
-    def _constraints(self, trial: optuna.Trial, cost: dict[str, float]) -> dict[str, float]:
+    def _constraints(self, trial: optuna.Trial, cost: dict[str, float | None]) -> dict[str, float]:
         out = {}
         for key, limit in self.settings.budget.limits().items():
-            value = cost[key] / limit - 1.0
+            got = cost.get(key)
+            value = got / limit - 1.0 if got is not None else 1.0  # unknown cost: never feasible
             trial.set_constraint(f"{key}_per_query", value)
             out[key] = value
         return out
@@ -509,7 +521,8 @@ class Search:
             raise optuna.TrialPruned(f"invalid pipeline: {reason}") from None
         trial.set_user_attr("config", config)
         trial.set_user_attr("label", describe(config))
-        est = estimate_cost(config, question_tokens=self.question_tokens, parameters=self._params_of)
+        est = estimate_cost(config, question_tokens=self.question_tokens, parameters=self._params_of,
+                            runtime=self.runtime)
         trial.set_user_attr("estimate", est.to_dict())
 
         over = self._clearly_over(est)
@@ -536,11 +549,12 @@ class Search:
             trial.report(measured.accuracy, step)
             self.reporter.trial_rung(trial.number, step, measured.accuracy)
             cost = measured.per_query()
-            early = [k for k, lim in limits.items() if cost[k] > lim * (1 + self.settings.skip_margin)]
+            early = [k for k, lim in limits.items()
+                     if cost.get(k) is not None and cost[k] > lim * (1 + self.settings.skip_margin)]
             if early:
                 self._record(trial, measured)
                 trial.set_user_attr("status", "over_budget")
-                trial.set_user_attr("reason", f"measured {', '.join(f'{k} {cost[k]:,.0f}/query' for k in early)} "
+                trial.set_user_attr("reason", f"measured {', '.join(f'{k} {cost[k]:,.1f}/query' for k in early)} "
                                               f"on {step} questions; over budget")
                 trial.set_user_attr("feasible", False)
                 self._constraints(trial, cost)
@@ -558,7 +572,8 @@ class Search:
         trial.set_user_attr("feasible", feasible)
         if not feasible:
             trial.set_user_attr("reason", "over budget: " + ", ".join(
-                f"{k} {cost[k]:,.1f}/query > {limits[k]:,.1f}" for k, v in violations.items() if v > 0))
+                (f"{k} {cost[k]:,.1f}/query > {limits[k]:,.1f}" if cost.get(k) is not None
+                 else f"{k} unknown (a model has no runtime profile)") for k, v in violations.items() if v > 0))
         return self._values(measured.accuracy, cost["tokens"])
 
     def _params_of(self, model: str) -> float | None:
@@ -578,13 +593,16 @@ class Search:
             return None
         ratio, calibrated = self._calibration()
         margin = self.settings.skip_margin if calibrated else max(1.0, self.settings.skip_margin)
-        predicted = {"tokens": est.tokens * ratio, "flops": est.flops * ratio, "calls": est.calls}
+        predicted = {"tokens": est.tokens * ratio, "flops": est.flops * ratio, "calls": est.calls,
+                     "runtime": est.runtime * ratio if est.runtime is not None else None}
         reasons = []
         for key, limit in limits.items():
+            if predicted.get(key) is None:
+                continue  # no estimate: never skip on a guess
             # calls are counted, not guessed: the estimate is a lower bound, no margin needed
             allowed = limit if key == "calls" else limit * (1 + margin)
             if predicted[key] > allowed:
-                reasons.append(f"estimated {key} {predicted[key]:,.0f}/query > {limit:,.0f} budget"
+                reasons.append(f"estimated {key} {predicted[key]:,.1f}/query > {limit:,.1f} budget"
                                + ("" if key == "calls" else f" (+{margin:.0%} margin)"))
         if not reasons:
             return None

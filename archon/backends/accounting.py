@@ -9,6 +9,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from archon.backends.runtime_profile import ProfileLookup, accelerators
 from archon.backends.types import Usage
 
 
@@ -30,6 +31,27 @@ class LedgerEntry:
 def flops_for(parameters: float | None, tokens: int) -> float:
     """Forward-pass FLOPs, the usual 2 x N x tokens estimate; 0 when N is unknown."""
     return 2.0 * parameters * tokens if parameters else 0.0
+
+
+def add_idealized(usage: Usage, lookup: ProfileLookup, spec: object) -> None:
+    """Fill one backend request's idealized runtime and cost from its token counts.
+
+    A request is costed as one query in isolation, as the paper does: its uncached prompt
+    tokens are encoded once, the output tokens of all its samples are generated after it,
+    whatever batching the engine really did. Unknown cached tokens (``None``, servers that
+    do not report them) count as 0 cached: every prompt token is encoded.
+    """
+    profile = lookup.profile
+    if profile is None:
+        usage.idealized_unknown_calls += 1
+        return
+    cached = usage.cached_prompt_tokens or 0
+    seconds = profile.predict(max(usage.prompt_tokens - cached, 0), cached, usage.completion_tokens)
+    cost = seconds * accelerators(spec)
+    price = getattr(spec, "price_per_accelerator_hour", None)
+    usage.idealized_runtime_s += seconds
+    usage.idealized_cost += cost
+    usage.idealized_price += cost / 3600.0 * price if price else 0.0
 
 
 @dataclass

@@ -51,6 +51,13 @@ class ModelSpec(BaseModel):
     data_parallel_size: int = Field(1, ge=1, description="vllm: model replicas inside one engine")
     distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
         None, description="vllm: how workers are launched (multiprocessing on one node, ray across nodes)")
+    accelerators: int | None = Field(
+        None, ge=1, description="accelerators one replica needs, for the idealized cost "
+                                "(default: tensor_parallel_size x pipeline_parallel_size)")
+    price_per_accelerator_hour: float | None = Field(
+        None, ge=0, description="price of one accelerator-hour, for the idealized price (any currency)")
+    runtime_profile: str | None = Field(
+        None, description="runtime profile file (`archon models profile`), for the idealized runtime")
     max_model_len: int | None = 4096
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool | None = None

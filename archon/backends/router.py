@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from archon.backends.accounting import CallTag, UsageLedger, flops_for
+from archon.backends.accounting import CallTag, UsageLedger, add_idealized, flops_for
 from archon.backends.base import Backend
 from archon.backends.cache import CallCache, result_key, sample_key
 from archon.backends.registry import EMBEDDED_NAME, ModelRegistry, ModelSpec, resolve_embedded_path
+from archon.backends.runtime_profile import ProfileLookup, resolve_profile
 from archon.backends.types import (
     GenerationRequest,
     GenerationResult,
@@ -72,6 +73,20 @@ class ModelRouter:
     factory: BackendFactory = default_backend_factory
     calls: list[BackendCall] = field(default_factory=list)
     _backends: dict[str, Backend] = field(default_factory=dict)
+    _profiles: dict[str, ProfileLookup] = field(default_factory=dict, repr=False)
+
+    def runtime_profile(self, model: str) -> ProfileLookup:
+        """The model's runtime profile (read once), or the reason it has none."""
+        if model not in self._profiles:
+            self._profiles[model] = resolve_profile(model, self.registry.get(model))
+        return self._profiles[model]
+
+    def _cost(self, model: str, u: Usage) -> None:
+        """FLOPs and idealized runtime of one backend request, from its token counts."""
+        spec = self.registry.get(model)
+        cached = u.cached_prompt_tokens or 0
+        u.flops = flops_for(spec.parameters, u.prompt_tokens - cached + u.completion_tokens)
+        add_idealized(u, self.runtime_profile(model), spec)
 
     def backend(self, model: str) -> Backend:
         if model not in self._backends:
@@ -198,9 +213,8 @@ class ModelRouter:
 
         fresh: list[tuple[str, Any]] = []
         for idx, res in self._fan_out(list(by_model), run_model):
-            spec = self.registry.get(requests[idx].model)
             u = res.usage
-            u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
+            self._cost(requests[idx].model, u)
             out[idx] = res
             fresh.append((keys[idx], encode(res)))
         if self.cache is not None:
@@ -264,12 +278,11 @@ class _GenerationPlan:
     def finish(self, router: ModelRouter, answers: list[tuple[int, int, GenerationResult]]) -> list[GenerationResult]:
         to_cache: list[tuple[str, Sample]] = []
         for idx, start, res in answers:
-            spec = router.registry.get(self.requests[idx].model)
             for j, sample in enumerate(res.samples):
                 self.samples[idx][start + j] = sample
                 to_cache.append((self.keys[idx][start + j], sample))
             u = res.usage
-            u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
+            router._cost(self.requests[idx].model, u)
             self.usages[idx] = self.usages[idx] + u
         if router.cache is not None:
             router.cache.put_many(to_cache)

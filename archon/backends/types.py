@@ -157,6 +157,11 @@ class Usage:
     ``--enable-prompt-tokens-details``). Their hits are unknown, not zero: they are left
     out of ``cached_prompt_tokens``, so FLOPs computed from ``prompt - cached`` are an
     upper bound whenever this is non-zero (``flops_upper_bound``).
+    ``idealized_*`` are the paper's idealized runtime (Narayanan et al. 2023) and its
+    accelerator-weighted cost, computed by the router from the token counts and the model's
+    runtime profile; calls of models without a profile add nothing to them and count in
+    ``idealized_unknown_calls`` instead, so a sum with unknown parts is never mistaken for a
+    whole (``idealized_known``).
     """
 
     prompt_tokens: int = 0
@@ -167,6 +172,10 @@ class Usage:
     latency_s: float = 0.0
     flops: float = 0.0
     cache_hits: int = 0
+    idealized_runtime_s: float = 0.0
+    idealized_cost: float = 0.0  # accelerator-seconds: idealized runtime x accelerators
+    idealized_price: float = 0.0  # idealized cost x price per accelerator-hour (models that have one)
+    idealized_unknown_calls: int = 0  # calls whose model has no runtime profile
     retries: int = 0  # transient failures retried before the answer came (server restarts, 5xx)
 
     @property
@@ -178,6 +187,10 @@ class Usage:
         """True when some prefix-cache hits went unreported, so ``flops`` may overstate."""
         return self.cache_unknown_prompt_tokens > 0
 
+    @property
+    def idealized_known(self) -> bool:
+        return self.idealized_unknown_calls == 0
+
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
@@ -188,6 +201,10 @@ class Usage:
             latency_s=self.latency_s + other.latency_s,
             flops=self.flops + other.flops,
             cache_hits=self.cache_hits + other.cache_hits,
+            idealized_runtime_s=self.idealized_runtime_s + other.idealized_runtime_s,
+            idealized_cost=self.idealized_cost + other.idealized_cost,
+            idealized_price=self.idealized_price + other.idealized_price,
+            idealized_unknown_calls=self.idealized_unknown_calls + other.idealized_unknown_calls,
             retries=self.retries + other.retries,
         )
 
@@ -204,6 +221,10 @@ class Usage:
             "latency_s": round(self.latency_s, 6),
             "flops": self.flops,
             "cache_hits": self.cache_hits,
+            "idealized_runtime_s": round(self.idealized_runtime_s, 6),
+            "idealized_cost": round(self.idealized_cost, 6),
+            "idealized_price": self.idealized_price,
+            "idealized_unknown_calls": self.idealized_unknown_calls,
             **extra,
         }
 
@@ -215,7 +236,11 @@ class Usage:
                    cache_unknown_prompt_tokens=int(data.get("cache_unknown_prompt_tokens", 0)),
                    completion_tokens=int(data.get("completion_tokens", 0)), calls=int(data.get("calls", 0)),
                    latency_s=float(data.get("latency_s", 0.0)), flops=float(data.get("flops", 0.0)),
-                   cache_hits=int(data.get("cache_hits", 0)), retries=int(data.get("retries", 0)))
+                   cache_hits=int(data.get("cache_hits", 0)), retries=int(data.get("retries", 0)),
+                   idealized_runtime_s=float(data.get("idealized_runtime_s", 0.0)),
+                   idealized_cost=float(data.get("idealized_cost", 0.0)),
+                   idealized_price=float(data.get("idealized_price", 0.0)),
+                   idealized_unknown_calls=int(data.get("idealized_unknown_calls", 0)))
 
 
 @dataclass

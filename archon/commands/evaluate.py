@@ -26,10 +26,11 @@ def _fail(exc: ArchonError) -> typer.Exit:
 
 
 def load_pipeline(config: Path, *, model: str | None, no_cache: bool, cache: Path | None,
-                  sets: list[str]):  # type: ignore[no-untyped-def]
+                  sets: list[str], runtime_profiles: list[str] | None = None):  # type: ignore[no-untyped-def]
     from archon.benchmarks.evaluate import load_pipeline as load
 
-    return load(config, model=model, cache=False if no_cache else (cache or True), sets=sets)
+    return load(config, model=model, cache=False if no_cache else (cache or True), sets=sets,
+                runtime_profiles=runtime_profiles or [])
 
 
 def summary_table(s: Any) -> Table:
@@ -54,7 +55,14 @@ def summary_table(s: Any) -> Table:
     spent = s.spent.get("total_tokens", 0.0)
     table.add_row("cache hits", f"{s.cache_hits}" + (f"  (tokens above include what the cache served; this run "
                                                       f"spent {spent:,.0f} tokens)" if s.cache_hits else ""))
-    table.add_row("latency / query", f"{s.latency_per_query_s:.2f}s")
+    table.add_row("latency / query", f"{s.latency_per_query_s:.2f}s (measured)")
+    if s.idealized_runtime_per_query_s is not None:
+        cost = f"{s.idealized_runtime_per_query_s:.2f}s  ({s.idealized_cost_per_query:.2f} accelerator-s"
+        if s.idealized_price_per_query is not None:
+            cost += f", {s.idealized_price_per_query:.3g} per query at the models' accelerator-hour prices"
+        table.add_row("idealized runtime / query", cost + ")")
+    else:
+        table.add_row("idealized runtime / query", f"- ({s.idealized_note or 'no runtime profile'})")
     table.add_row("wall time", f"{s.wall_time_s:.1f}s")
     table.add_row("grader", f"{s.grader.get('name')} {s.grader.get('version')}")
     table.add_row("config hash", str(s.pipeline.get("config_hash")))
@@ -131,6 +139,8 @@ def eval_command(
     shard: Annotated[str | None, typer.Option("--shard", help="K/N: answer only shard K of N (by question id) "
                                               "into the same --out; run all N, anywhere, to complete the run")
                      ] = None,
+    runtime_profile: Annotated[list[str] | None, typer.Option(
+        "--runtime-profile", help="NAME=PATH: model NAME's runtime profile, for the idealized runtime")] = None,
 ) -> None:
     """Evaluate a pipeline on a benchmark: accuracy with a 95% CI, coverage, tokens, calls, FLOPs."""
     from archon.benchmarks.evaluate import Shard, evaluate
@@ -139,7 +149,8 @@ def eval_command(
     try:
         part = Shard.parse(shard) if shard else None
         bench = get_benchmark(benchmark, data_dir, judge_model=judge_model)
-        pipe = load_pipeline(config, model=model, no_cache=no_cache, cache=cache, sets=list(sets or []))
+        pipe = load_pipeline(config, model=model, no_cache=no_cache, cache=cache, sets=list(sets or []),
+                             runtime_profiles=list(runtime_profile or []))
         set_scheduler(pipe, scheduler)
         meta = {"overrides": list(sets or []), "model_override": model}
         with pipe, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

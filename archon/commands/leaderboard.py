@@ -20,25 +20,27 @@ out = Console()
 
 def leaderboard_command(
     runs: Annotated[list[Path], typer.Argument(help="run directories written by `archon eval --out`")],
-    sort: Annotated[str, typer.Option("--sort", "-s", help="accuracy, coverage, tokens, calls, latency, flops "
-                                      "or name")] = "accuracy",
+    sort: Annotated[str, typer.Option("--sort", "-s", help="accuracy, coverage, tokens, calls, latency, flops, "
+                                      "idealized_runtime, idealized_cost or name")] = "accuracy",
+    cost: Annotated[str, typer.Option("--cost", help="cost axis of the Pareto front and plot: tokens, calls, "
+                                      "flops, latency, idealized_runtime or idealized_cost")] = "tokens",
     format: Annotated[str, typer.Option("--format", "-f", help="table, markdown, csv, json or html")] = "table",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the table here instead of "
                                                 "stdout")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="PNG: accuracy vs tokens/query, Pareto front "
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG: accuracy vs the --cost axis, Pareto front "
                                               "marked (needs matplotlib)")] = None,
     html_file: Annotated[Path | None, typer.Option("--html", help="a static HTML page: tables and the "
                                                    "embedded plot")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="refuse runs on different benchmarks, subsets "
                                          "or graders instead of grouping them")] = False,
 ) -> None:
-    """Rank evaluation runs: score ± 95% CI, coverage, tokens, calls, latency, FLOPs per query."""
+    """Rank evaluation runs: score ± 95% CI, coverage, tokens, calls, latency, idealized runtime, FLOPs per query."""
     from archon.benchmarks import leaderboard as lb
 
     try:
         if format not in lb.FORMATS:
             raise ConfigError(f"unknown format {format!r}", hint=f"one of: {', '.join(lb.FORMATS)}")
-        groups = lb.load_groups(runs, sort=sort, strict=strict)
+        groups = lb.load_groups(runs, sort=sort, strict=strict, cost=cost)
         png = lb.plot_png(groups) if (plot or html_file or format == "html") else None
         if plot and png is not None:
             plot.parent.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,9 @@ def search_command(
                                                         help="tokens per query (prompt + completion)")] = None,
     budget_calls: Annotated[float | None, typer.Option("--budget-calls", help="backend calls per query")] = None,
     budget_flops: Annotated[float | None, typer.Option("--budget-flops", help="FLOPs per query")] = None,
+    budget_runtime: Annotated[float | None, typer.Option(
+        "--budget-runtime", help="idealized runtime per query, in seconds (needs every model's runtime profile)")
+                              ] = None,
     multi_objective: Annotated[bool, typer.Option("--multi-objective",
                                                   help="accuracy vs tokens per query: a Pareto front")] = False,
     sampler: Annotated[str, typer.Option(help="tpe, random, gp, nsga2, cmaes or grid")] = "tpe",
@@ -94,7 +97,8 @@ def search_command(
     """Search a space of pipelines for the most accurate one under a compute budget."""
     try:
         _search(space=space, benchmark=benchmark, trials=trials, budget_tokens=budget_tokens,
-                budget_calls=budget_calls, budget_flops=budget_flops, multi_objective=multi_objective,
+                budget_calls=budget_calls, budget_flops=budget_flops, budget_runtime=budget_runtime,
+                multi_objective=multi_objective,
                 sampler=sampler, pruner=pruner, rungs=rungs, data_dir=data_dir, limit=limit, holdout=holdout,
                 seed=seed, storage=storage, study=study, out_dir=out_dir, cache=cache, no_cache=no_cache,
                 skip_margin=skip_margin, timeout=timeout, winner_eval=winner_eval, plots=plots)
@@ -113,7 +117,8 @@ def _parse_rungs(text: str) -> tuple[float, ...]:
 
 
 def _search(*, space: Path, benchmark: str, trials: int, budget_tokens: float | None, budget_calls: float | None,
-            budget_flops: float | None, multi_objective: bool, sampler: str, pruner: str, rungs: str,
+            budget_flops: float | None, budget_runtime: float | None, multi_objective: bool, sampler: str,
+            pruner: str, rungs: str,
             data_dir: Path | None, limit: int | None, holdout: float, seed: int, storage: str | None,
             study: str | None, out_dir: Path | None, cache: Path | None, no_cache: bool, skip_margin: float,
             timeout: float | None, winner_eval: bool, plots: bool) -> None:
@@ -142,12 +147,15 @@ def _search(*, space: Path, benchmark: str, trials: int, budget_tokens: float | 
     registry = ModelRegistry(search_space.model_specs())
     call_cache = None if no_cache else CallCache(cache or default_cache_path())
     router = MeteredRouter(registry=registry, cache=call_cache)
-    settings = SearchSettings(trials=trials, budget=Budgets(budget_tokens, budget_calls, budget_flops),
+    if budget_runtime is not None:
+        require_runtime_profiles(router, search_space.model_names())
+    settings = SearchSettings(trials=trials, budget=Budgets(budget_tokens, budget_calls, budget_flops,
+                                                            budget_runtime),
                               multi_objective=multi_objective, sampler=sampler, pruner=pruner,
                               rungs=_parse_rungs(rungs), seed=seed, study_name=study_name, storage=storage_url,
                               skip_margin=skip_margin, timeout_s=timeout)
     search = Search(search_space, BenchmarkEvaluator(router, data), dev, settings, holdout=held,
-                    parameters=lambda m: registry.get(m).parameters)
+                    parameters=lambda m: registry.get(m).parameters, runtime=profile_runtime(router))
     interrupted = False
     try:
         done = len(search.finished())
@@ -190,6 +198,24 @@ def _search(*, space: Path, benchmark: str, trials: int, budget_tokens: float | 
         raise typer.Exit(130)
 
 
+def profile_runtime(router: Any) -> Any:
+    """The cost estimate's idealized runtime of one call: from the model's runtime profile."""
+
+    def runtime(model: str, encoded: float, completion: float) -> float | None:
+        profile = router.runtime_profile(model).profile
+        return None if profile is None else profile.predict(encoded, 0.0, completion)
+
+    return runtime
+
+
+def require_runtime_profiles(router: Any, models: list[str]) -> None:
+    """``--budget-runtime`` is only enforceable when every model the space can use has a profile."""
+    missing = [router.runtime_profile(m).reason for m in models if router.runtime_profile(m).profile is None]
+    if missing:
+        raise ConfigError("--budget-runtime needs a runtime profile for every model: " + "; ".join(missing),
+                          hint="set `runtime_profile:` on the space's models, or budget tokens instead")
+
+
 def _print_summary(report: dict[str, Any], out_path: Path) -> None:
     t = report["trials"]
     table = Table("trials", "evaluated", "feasible", "infeasible", "pruned", "invalid", title="archon search")
@@ -204,6 +230,8 @@ def _print_summary(report: dict[str, Any], out_path: Path) -> None:
         line = (f"[green]best[/] trial {best['trial']}: {escape(best['pipeline'] or '')}\n"
                 f"  dev accuracy {best['dev_accuracy']:.3f}, {cost['tokens']:,.0f} tokens/query, "
                 f"{cost['calls']:.1f} calls/query")
+        if cost.get("runtime") is not None:
+            line += f", {cost['runtime']:.2f}s idealized runtime/query"
         h = report.get("holdout")
         if h:
             line += f"\n  held-out accuracy {h['accuracy']:.3f} on {h['questions']} questions"
