@@ -5,7 +5,8 @@ log-probabilities, and every backend call is logged in one shared, ordered list.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 from archon.backends.registry import ModelRegistry, ModelSpec
@@ -118,3 +119,18 @@ def steps_router(respond: StepResponder, score_fn: ScoreResponder = default_scor
                               for m in models})
     router = ModelRouter(registry=registry, cache=cache, factory=lambda name, spec: backends[name])
     return router, backends, log
+
+
+_REWARD_TAG = re.compile(r"r=([0-9]*\.?[0-9]+)")
+
+
+def text_reward(tech, ctx, question: str, partials: list[str], samples: list) -> Generator[list, list, list[float]]:  # type: ignore[no-untyped-def]
+    """A step reward without model calls, for conformance tests: the last ``r=<float>`` tag
+    in each partial solution (``reward: scripted_steps:text_reward``), so a test fixes the exact
+    reward sequence; ``nan`` when there is none."""
+    out = []
+    for p in partials:
+        tags = _REWARD_TAG.findall(p)
+        out.append(float(tags[-1]) if tags else float("nan"))
+    return out
+    yield []  # pragma: no cover - a generator, like every step reward
