@@ -78,10 +78,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from archon.backends.types import Sample
 from archon.data import Candidate
 from archon.techniques.base import Defaults, ModelRequest, ModelResult, NodeContext, Program
 from archon.techniques.steps import (
-    NAN,
     RewardStepParams,
     StepTechnique,
     Trace,
@@ -210,6 +210,7 @@ class Particle:
     log_prod: float = 0.0       # fk: log Π G over the resamplings of its lineage
     finished_at: int | None = None
     ancestors: list[int] = field(default_factory=list)
+    sample: Sample | None = None  # the last step's sample (self_logprob reads its log-probs)
 
     @property
     def changed(self) -> bool:
@@ -217,7 +218,7 @@ class Particle:
 
     def copy(self, ancestor: int, log_g: float = 0.0) -> Particle:
         return Particle(self.trace, list(self.rewards), self.scored, self.log_w, self.state,
-                        self.log_prod + log_g, self.finished_at, [*self.ancestors, ancestor])
+                        self.log_prod + log_g, self.finished_at, [*self.ancestors, ancestor], self.sample)
 
 
 class ParticleSteering(StepTechnique):
@@ -235,7 +236,7 @@ class ParticleSteering(StepTechnique):
         if not which:
             return {}
         rewards = yield from self.step_rewards(ctx, ctx.query.question_text(), [parts[i].trace.text for i in which],
-                                               None)
+                                               [parts[i].sample for i in which])
         out: dict[int, float] = {}
         for i, r in zip(which, rewards, strict=True):
             pt = parts[i]
@@ -271,6 +272,7 @@ class ParticleSteering(StepTechnique):
             for i, res in zip(live, results, strict=True):
                 sample = first_sample(res)
                 parts[i].trace = self.extend(parts[i].trace, sample)
+                parts[i].sample = sample if sample is not None else parts[i].sample
                 skipped += sample is None
                 if parts[i].trace.done:
                     parts[i].finished_at = step + 1

@@ -462,6 +462,14 @@ def aggregate_rewards(values: Sequence[float], how: str) -> float:
 
 
 __all__ = [
-    "STEP_REWARDS", "RewardStepParams", "aggregate_rewards", "StepParams", "StepTechnique", "Trace", "close_braces", "digit_score",
-    "has_final_answer", "yes_probability",
+    "STEP_REWARDS",
+    "RewardStepParams",
+    "StepParams",
+    "StepTechnique",
+    "Trace",
+    "aggregate_rewards",
+    "close_braces",
+    "digit_score",
+    "has_final_answer",
+    "yes_probability",
 ]
