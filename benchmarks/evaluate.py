@@ -1,8 +1,10 @@
 """Run a pipeline over a benchmark, grade it, and keep the record.
 
-``evaluate(pipeline, benchmark, out_dir)`` runs the questions in batches, grades each
-batch and appends one JSON line per question to ``OUT/results.jsonl`` as soon as the batch
-is done (``archon.results_io``: fsynced, a torn last line is dropped). ``OUT/run.json``
+``evaluate(pipeline, benchmark, out_dir)`` runs the questions through the pipeline's
+scheduler (dataflow: each question on its own, ``window`` in flight; levels: in chunks),
+grades each question as soon as it finishes and appends its JSON line to
+``OUT/results.jsonl`` at once (``archon.results_io``: fsynced, a torn last line is dropped),
+so a kill loses only questions not finished yet. ``OUT/run.json``
 holds what the run is (pipeline config hash, benchmark, subset, grader) and its sessions;
 ``OUT/summary.json`` the metrics, recomputed from the results file after every session.
 
@@ -26,13 +28,14 @@ Metrics (``EvalSummary``):
   spent plus what the call cache served (metered by ``archon.search.metering.MeteredRouter``:
   cached samples' own completion tokens, their prompts as measured or estimated), so a
   rerun from the cache ranks like the original; ``spent`` and ``cache_saved`` hold the split.
-  Latency is the model time of the query's own calls (questions of a batch share the wall
-  clock, so a row's ``batch_wall_s`` is its batch's); wall time covers all sessions,
-  grading included.
+  Latency is the model time of the query's own calls; a row's ``batch_wall_s`` is the wall
+  time from the question's admission to its result (with ``scheduler: levels``, its
+  chunk's); wall time covers all sessions, grading included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -51,7 +54,7 @@ from archon.benchmarks.graders import QueryGrade, mean_interval, wilson_interval
 from archon.benchmarks.registry import Benchmark, get_benchmark
 from archon.data import ChatMessage, Query, QueryResult
 from archon.errors import ConfigError
-from archon.results_io import append_jsonl, read_jsonl
+from archon.results_io import append_jsonl, lock_run_dir, read_json_file, read_jsonl
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -345,19 +348,24 @@ def evaluate(
     seed: int | None = None,
     data_dir: str | Path | None = None,
     items: Sequence[Item] | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
+    window: int | None = None,
     model: str | None = None,
     cache: bool | str | Path = True,
     judge_model: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     pipeline_meta: dict[str, Any] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvalSummary:
     """Evaluate ``pipeline`` (a ``Pipeline`` or a YAML path) on ``benchmark`` (a name or a
     ``Benchmark``) into ``out_dir``; resumes a partial run; returns the summary.
 
     ``items`` replaces the benchmark's own selection (``split``/``limit``/``seed``); the
     subset is then identified by the hash of the items' ids. ``progress(done, total)`` is
-    called after every batch. Example::
+    called after every row written and ``on_row(row)`` with the row itself. ``window`` is
+    the number of questions in flight (``batch_size`` is its old name; default: the
+    pipeline's ``window``, else the backend's choice; with ``scheduler: levels`` the chunk
+    size, default 8). Example::
 
         from archon import Pipeline
         from archon.benchmarks.evaluate import evaluate
@@ -377,17 +385,19 @@ def evaluate(
         ids = [it.id for it in selected]
         if len(set(ids)) != len(ids):
             raise ConfigError("benchmark items have duplicate ids")
-        return _evaluate(pipe, bench, Path(out_dir), selected, split=split, limit=limit, seed=seed,
-                         custom_items=items is not None, batch_size=batch_size, progress=progress,
-                         pipeline_meta=pipeline_meta or {})
+        with lock_run_dir(out_dir):
+            return _evaluate(pipe, bench, Path(out_dir), selected, split=split, limit=limit, seed=seed,
+                             custom_items=items is not None, window=window or batch_size, progress=progress,
+                             pipeline_meta=pipeline_meta or {}, on_row=on_row)
     finally:
         if own:
             pipe.close()
 
 
 def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, split: str, limit: int | None,
-              seed: int | None, custom_items: bool, batch_size: int, progress: Callable[[int, int], None] | None,
-              pipeline_meta: dict[str, Any]) -> EvalSummary:
+              seed: int | None, custom_items: bool, window: int | None,
+              progress: Callable[[int, int], None] | None, pipeline_meta: dict[str, Any],
+              on_row: Callable[[dict[str, Any]], None] | None = None) -> EvalSummary:
     started = time.perf_counter()
     judge = getattr(bench.grader, "judge_model", None)
     if judge is not None and judge not in pipe.registry:
@@ -419,7 +429,7 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
         "sessions": [],
     }
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = read_json_file(manifest_path, what=RUN_FILE)
         _check_resume(old, manifest, run_dir)
         manifest["created_at"] = old.get("created_at", manifest["created_at"])
         manifest["sessions"] = old.get("sessions", [])
@@ -436,23 +446,33 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
     if progress:
         progress(len(done), total)
     roots = root_nodes(pipe)
+    written = [len(done)]
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        append_jsonl(results_path, rows)
+        session["queries"] += len(rows)
+        session["wall_s"] = round(time.perf_counter() - started, 3)
+        _write_json(manifest_path, manifest)
+        written[0] += len(rows)
+        for row in rows:
+            if on_row:
+                on_row(row)
+        if progress:
+            progress(written[0], total)
+
     try:
         _write_json(manifest_path, manifest)
-        for start in range(0, len(todo), max(1, batch_size)):
-            chunk = todo[start:start + batch_size]
-            if hasattr(pipe.router, "reset_saved"):
-                pipe.router.reset_saved()
-            runs = run_items(pipe, chunk)
-            saved = [saved_usage(pipe.router, r) for r in runs]
-            pools = [pool_texts(r[-1], roots) for r in runs]
-            grades = bench.grader.grade_runs(chunk, runs, pools, router=pipe.router)
-            append_jsonl(results_path, [make_row(it, r, g, sv)
-                                        for it, r, g, sv in zip(chunk, runs, grades, saved, strict=True)])
-            session["queries"] += len(chunk)
-            session["wall_s"] = round(time.perf_counter() - started, 3)
-            _write_json(manifest_path, manifest)
-            if progress:
-                progress(len(done) + start + len(chunk), total)
+        if hasattr(pipe.router, "reset_saved"):
+            pipe.router.reset_saved()
+        if getattr(pipe, "scheduler", "levels") == "levels":
+            size = max(1, window or 8)
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
+                if hasattr(pipe.router, "reset_saved"):
+                    pipe.router.reset_saved()
+                write(_grade_rows(pipe, bench, chunk, run_items(pipe, chunk), roots))
+        elif todo:
+            asyncio.run(_stream_items(pipe, bench, todo, roots, window, write))
     finally:
         session["wall_s"] = round(time.perf_counter() - started, 3)
         session["finished_at"] = _now()
@@ -460,6 +480,59 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
         summary = summarize(run_dir, ids=[it.id for it in items])
         _write_json(run_dir / SUMMARY_FILE, summary.model_dump(mode="json"))
     return summary
+
+
+def _grade_rows(pipe: Any, bench: Benchmark, items: Sequence[Item], runs: Sequence[Sequence[QueryResult]],
+                roots: Sequence[str]) -> list[dict[str, Any]]:
+    saved = [saved_usage(pipe.router, r) for r in runs]
+    pools = [pool_texts(r[-1], roots) for r in runs]
+    grades = bench.grader.grade_runs(items, runs, pools, router=pipe.router)
+    return [make_row(it, r, g, sv) for it, r, g, sv in zip(items, runs, grades, saved, strict=True)]
+
+
+async def _stream_items(pipe: Any, bench: Benchmark, items: Sequence[Item], roots: Sequence[str],
+                        window: int | None, write: Callable[[list[dict[str, Any]]], None]) -> None:
+    """The dataflow path: every question runs on its own through a shared executor (a
+    conversation's next turn is submitted as soon as the previous one is answered, at the
+    head of the line), and finished questions are graded and written while others run.
+    Grading takes whatever has finished at once, so a judge sees batches too."""
+    from archon.engine.dataflow import run_in_daemon_thread
+
+    executor = pipe.executor(window=window)
+    finished: list[tuple[Item, list[QueryResult]]] = []
+    ready = asyncio.Event()
+
+    async def one(item: Item) -> None:
+        runs = [await executor.submit(item.query)]
+        for turn in range(1, len(item.followups) + 1):
+            if runs[-1].error is not None:
+                break
+            runs.append(await executor.submit(_followup_query(item, runs, turn), first=True))
+        finished.append((item, runs))
+        ready.set()
+
+    async def grade() -> None:
+        graded = 0
+        while graded < len(items):
+            await ready.wait()
+            ready.clear()
+            while finished:
+                batch = finished[:]
+                finished.clear()
+                chunk, runs = [it for it, _ in batch], [r for _, r in batch]
+                write(await run_in_daemon_thread(_grade_rows, pipe, bench, chunk, runs, roots))
+                graded += len(batch)
+
+    tasks = [asyncio.ensure_future(one(it)) for it in items]
+    grader = asyncio.ensure_future(grade())
+    try:
+        await asyncio.gather(*tasks)
+        await grader
+    finally:
+        for task in [*tasks, grader]:
+            task.cancel()
+        await asyncio.gather(*tasks, grader, return_exceptions=True)
+        await executor.aclose()
 
 
 # -- summaries ------------------------------------------------------------------------------
@@ -471,7 +544,7 @@ def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSumm
     if not manifest_path.is_file():
         raise ConfigError(f"{run_dir} is not an evaluation run (no {RUN_FILE})",
                           hint="give directories written by `archon eval --out DIR`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json_file(manifest_path, what=RUN_FILE)
     rows_by_id: dict[str, dict[str, Any]] = {}
     for row in read_jsonl(run_dir / RESULTS_FILE):
         if "id" in row:
@@ -543,7 +616,7 @@ def load_summary(run_dir: str | Path) -> EvalSummary:
     path = run_dir / SUMMARY_FILE
     results = run_dir / RESULTS_FILE
     if path.is_file() and (not results.exists() or path.stat().st_mtime >= results.stat().st_mtime):
-        data = json.loads(path.read_text())
+        data = read_json_file(path, what=SUMMARY_FILE)
         data["run_dir"] = str(run_dir)
         return EvalSummary.model_validate(data)
     return summarize(run_dir)

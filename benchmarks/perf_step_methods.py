@@ -14,7 +14,7 @@ so the generated-token budget per query is the same (measured and reported):
   weighted best-of-N);
 * particle filtering (``method: pf``, Puri et al.): N particles, the best-weighted particle.
 
-The step reward is the same zero-call checker for every method (``arith_step_reward``): a
+The step reward is the same zero-call checker for every method (``ArithStepScorer``): a
 calculator standing in for a process reward model. It reads only the partial solution: a last
 line ``a+b=c`` (any number of terms, ``+ - *``) scores 0.9 when it is right, 0.1 when wrong;
 ``Answer: x`` scores 0.9 when ``x`` is the previous line's result, 0.1 otherwise; anything else
@@ -43,6 +43,7 @@ from archon.benchmarks.datasets import ArithSpec, arith_problems
 from archon.benchmarks.graders import wilson_interval
 from archon.data import Query
 from archon.pipeline import Pipeline, make_router
+from archon.scoring import ScoreContext, Scorer
 from archon.techniques.base import Defaults
 from archon.techniques.beam import BeamSearch
 from archon.techniques.particles import ParticleSteering
@@ -50,7 +51,7 @@ from archon.techniques.vote import tally
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEMPLATE = str(Path(__file__).resolve().parent / "prompts" / "arith_steps.j2")
-REWARD = "archon.benchmarks.perf_step_methods:arith_step_reward"
+SCORER = {"type": "archon.benchmarks.perf_step_methods:ArithStepScorer", "aggregation": "last"}
 _EQ = re.compile(r"^\s*(\d+(?:\s*[+\-*]\s*\d+)+)\s*=\s*(-?\d+)\s*$")
 _ANS = re.compile(r"^\s*answer\s*:\s*(-?\d+)\s*$", re.IGNORECASE)
 
@@ -67,14 +68,21 @@ def _check(lines: list[str]) -> float:
     return 0.5
 
 
-def arith_step_reward(tech: Any, ctx: Any, question: str, partials: list[str], samples: list[Any]) -> Any:
+class ArithStepScorer(Scorer):
     """A calculator as process reward: the last line of each partial solution, checked."""
-    out = []
-    for p in partials:
-        lines = [x for x in p.splitlines() if x.strip()]
-        out.append(_check(lines) if lines else 0.5)
-    return out
-    yield []  # pragma: no cover - a generator, like every step reward
+
+    type: str = "arith_calculator"
+
+    def models(self, default: str) -> list[str]:
+        return []
+
+    def score_outcomes(self, question: str, candidates: list[str], ctx: ScoreContext) -> Any:
+        out = []
+        for p in candidates:
+            lines = [x for x in p.splitlines() if x.strip()]
+            out.append(_check(lines) if lines else 0.5)
+        return out
+        yield []  # pragma: no cover - a generator, like every scorer
 
 
 def answer_of(text: str) -> int | None:
@@ -83,7 +91,7 @@ def answer_of(text: str) -> int | None:
 
 
 def methods(args: argparse.Namespace) -> dict[str, Any]:
-    common = {"reward": REWARD, "aggregate": "min", "delimiter": "\n", "solve_template": TEMPLATE,
+    common = {"scorer": SCORER, "aggregate": "min", "delimiter": "\n", "solve_template": TEMPLATE,
               "max_steps": args.steps, "max_tokens": args.step_tokens,
               "max_total_tokens": args.steps * args.step_tokens}
     half = max(1, args.n // 2)

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import socket
 import statistics
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -69,6 +72,7 @@ class SearchSettings:
     skip_margin: float = 0.25
     timeout_s: float | None = None
     n_startup_trials: int | None = None
+    heartbeat_s: float = 10.0  # RDB storage: heartbeat period; 3x this without one marks a dead worker
 
 
 @dataclass
@@ -183,18 +187,24 @@ def make_pruner(name: str, steps: Sequence[int], *, trials: int) -> optuna.prune
     raise ConfigError(f"unknown pruner {name!r}", hint=f"choose one of {', '.join(PRUNERS)}")
 
 
-def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    """An RDB storage with heartbeats: a killed worker's trial is failed and retried later."""
+def make_storage(url: str | None, heartbeat_s: float = 10.0) -> optuna.storages.BaseStorage | None:
+    """An RDB storage with heartbeats: a killed worker's trial is failed and retried later.
+
+    A worker's heartbeat is written every ``heartbeat_s`` while its trial runs; a RUNNING
+    trial silent for ``3 * heartbeat_s`` is stale (its worker died) and is failed on the
+    next start of any worker (:meth:`Search.optimize`).
+    """
     if url is None:
         return None
     sqlite = url.startswith("sqlite")
     if sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; they are what resumes
+        # Workers starting together on a new database would race to create its schema.
+        with _admission_lock(url), warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=60, grace_period=180,
+                url, heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(2, round(3 * heartbeat_s)),
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None)
     except Exception as exc:  # SQLAlchemy raises many kinds here
@@ -220,6 +230,96 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
         cur.close()
 
     engine.dispose()  # connections opened before the listener reconnect with it
+
+
+class SurplusTrial(Exception):
+    """Raised inside a trial that would exceed the study's target; Optuna records it as FAIL."""
+
+
+def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The study's RDB storage when it has heartbeats (Optuna wraps it in a cache layer)."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.heartbeat_interval is not None:
+        return storage
+    return None
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9; it is what recovers dead workers
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _admission_lock(url: str | None) -> Any:
+    """A lock every worker of one study storage shares, wherever it runs.
+
+    SQLite: a file lock beside the database (workers share its filesystem). PostgreSQL and
+    MySQL: the database's own advisory lock, so workers on different machines serialise
+    through the server they already talk to. In-memory or other storages: nothing to share.
+    """
+    if not url:
+        return contextlib.nullcontext()
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        from filelock import FileLock
+
+        return FileLock(str(Path(url.removeprefix("sqlite:///")).expanduser()) + ".admission.lock", timeout=120)
+    if url.startswith(("postgresql", "mysql")):
+        return _database_lock(url)
+    return contextlib.nullcontext()
+
+
+# One advisory-lock key for archon's admissions in a database (any 63-bit integer works).
+_ADVISORY_KEY = zlib.crc32(b"archon.search.admission")
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claimer_died(by: str, result: Any) -> bool:
+    """A claim without a result whose worker ran on this host and is gone (a killed rerun)."""
+    host, _, pid = by.rpartition(":")
+    if result is not None or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _database_lock(url: str) -> Any:
+    """Session-level advisory lock on the study's database server, held for the ``with`` body."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    postgres = engine.dialect.name == "postgresql"
+    take, give = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)") if postgres
+                  else ("SELECT GET_LOCK(:k, 120)", "SELECT RELEASE_LOCK(:k)"))
+    key: int | str = _ADVISORY_KEY if postgres else f"archon-{_ADVISORY_KEY}"
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(take), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(give), {"k": key})
+    finally:
+        engine.dispose()
+
+
+def _live_running_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> set[int]:
+    """Storage ids of RUNNING trials whose worker still beats."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    with _create_scoped_session(storage.scoped_session) as session:
+        beating = {tid for (tid,) in session.query(models.TrialHeartbeatModel.trial_id).all()}
+    return beating - stale
 
 
 # -- the search --------------------------------------------------------------------------
@@ -270,8 +370,8 @@ class Search:
             else optuna.pruners.NopPruner()
         directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
         try:
-            study = optuna.create_study(storage=make_storage(s.storage), study_name=s.study_name, sampler=sampler,
-                                        pruner=pruner, directions=directions, load_if_exists=True)
+            study = optuna.create_study(storage=make_storage(s.storage, s.heartbeat_s), study_name=s.study_name,
+                                        sampler=sampler, pruner=pruner, directions=directions, load_if_exists=True)
         except ValueError as exc:
             raise ConfigError(f"study {s.study_name!r}: {exc}",
                               hint="a study keeps its objectives; pick another --study name") from None
@@ -280,6 +380,7 @@ class Search:
                               f"{'multi' if len(study.directions) > 1 else 'single'}-objective",
                               hint="rerun with the same --multi-objective setting, or pick another --study name")
         self._check_or_store_attrs(study)
+        _fail_stale(study)  # trials of workers that died, on every start
         return study
 
     def _identity(self) -> dict[str, Any]:
@@ -333,7 +434,69 @@ class Search:
     def _values(self, accuracy: float, tokens: float) -> float | tuple[float, float]:
         return (accuracy, tokens) if self.settings.multi_objective else accuracy
 
+    def _admit(self, trial: optuna.Trial) -> bool:
+        """May this trial run without taking the study past its target? (several workers)
+
+        Admission is serialized (a file lock beside a SQLite study, the database's advisory
+        lock for PostgreSQL and MySQL: ``_admission_lock``) and each admitted trial
+        records its heartbeat and an ``admitted`` mark before the lock is released, so the
+        next admission sees it: the study never finishes more than ``settings.trials``.
+        Running trials count only while their heartbeat is fresh, so a dead worker's trial
+        does not block the study (it is failed once stale, after ``3 * heartbeat_s``); a
+        rerun inside that window may stop one trial short, and the next rerun finishes it.
+        Other storages (journal files, Redis) have no lock here: concurrent workers may then
+        finish up to one extra trial each.
+        """
+        storage = _rdb(self.study)
+        if storage is None:  # in-memory storage: one process, nothing to coordinate
+            return True
+        with _admission_lock(self.settings.storage):
+            storage.record_heartbeat(trial._trial_id)
+            alive = _live_running_trials(self.study, storage)
+            ahead = sum(1 for t in self.study.get_trials(deepcopy=False)
+                        if t._trial_id != trial._trial_id and (t.state in FINISHED or (
+                            t.state == TrialState.RUNNING and t.user_attrs.get("admitted")
+                            and t._trial_id in alive)))
+            if ahead >= self.settings.trials:
+                return False
+            trial.set_user_attr("admitted", True)
+            return True
+
+    def claim_winner_eval(self, trial_number: int) -> Literal["mine", "taken", "running"]:
+        """Is this worker the one to evaluate the winner on the held-out set? (once per study)
+
+        Several workers of one study all reach the end. While another worker's trial still
+        runs, the winner may change, so nobody evaluates yet ("running"): the worker that
+        finishes last does. The first to claim the winner under the admission lock evaluates
+        it ("mine") and stores the result (``store_winner_eval``); the others find it
+        "taken" and report that result. A new winner (after a larger ``--trials``) is
+        claimed anew, and so is one whose claimer died on this host before storing it.
+        """
+        with _admission_lock(self.settings.storage):
+            storage = _rdb(self.study)
+            if storage is not None:
+                running = {t._trial_id for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                if running & _live_running_trials(self.study, storage):
+                    return "running"
+            claimed = self.study.user_attrs.get("winner_eval")
+            if (claimed is not None and claimed.get("trial") == trial_number
+                    and not _claimer_died(claimed.get("by", ""), claimed.get("result"))):
+                return "taken"
+            self.study.set_user_attr("winner_eval", {"trial": trial_number, "result": None, "by": _worker_id()})
+            return "mine"
+
+    def store_winner_eval(self, trial_number: int, result: dict[str, Any]) -> None:
+        self.study.set_user_attr("winner_eval", {"trial": trial_number, "result": result, "by": _worker_id()})
+
+    def stored_winner_eval(self, trial_number: int) -> dict[str, Any] | None:
+        claimed = self.study.user_attrs.get("winner_eval") or {}
+        return claimed.get("result") if claimed.get("trial") == trial_number else None
+
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        if not self._admit(trial):
+            trial.set_user_attr("status", "surplus")
+            self.study.stop()
+            raise SurplusTrial(f"the study already has its {self.settings.trials} trials (other workers)")
         self.reporter.trial_started(trial.number)
         try:
             config = build_config(self.space, OptunaSuggester(trial), name=f"{self.space.name}-t{trial.number}")
@@ -436,6 +599,7 @@ class Search:
     def optimize(self) -> optuna.Study:
         """Runs trials until the study holds ``settings.trials`` finished trials (resumable)."""
         study = self.study
+        _fail_stale(study)  # also when the target is reached: no RUNNING forever
         todo = self.remaining()
         if todo == 0:
             return study
@@ -446,7 +610,7 @@ class Search:
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message=".*independent sampl.*")
             study.optimize(self.objective, n_trials=todo, timeout=self.settings.timeout_s, callbacks=callbacks,
-                           gc_after_trial=False)
+                           gc_after_trial=False, catch=(SurplusTrial,))
         return study
 
 

@@ -20,6 +20,7 @@ from archon.backends.types import (
     TokenLogprob,
     Usage,
 )
+from archon.scoring import ScoreContext, Scorer
 
 StepResponder = Callable[[GenerationRequest, int], "str | Sample"]
 ScoreResponder = Callable[[ScoreRequest], list[float]]
@@ -124,13 +125,21 @@ def steps_router(respond: StepResponder, score_fn: ScoreResponder = default_scor
 _REWARD_TAG = re.compile(r"r=([0-9]*\.?[0-9]+)")
 
 
-def text_reward(tech, ctx, question: str, partials: list[str], samples: list) -> Generator[list, list, list[float]]:  # type: ignore[no-untyped-def]
-    """A step reward without model calls, for conformance tests: the last ``r=<float>`` tag
-    in each partial solution (``reward: scripted_steps:text_reward``), so a test fixes the exact
-    reward sequence; ``nan`` when there is none."""
-    out = []
-    for p in partials:
-        tags = _REWARD_TAG.findall(p)
-        out.append(float(tags[-1]) if tags else float("nan"))
-    return out
-    yield []  # pragma: no cover - a generator, like every step reward
+class TextRewardScorer(Scorer):
+    """A step scorer without model calls, for conformance tests: the last ``r=<float>`` tag in
+    each partial solution (``scorer: {type: "scripted_steps:TextRewardScorer"}``), so a test fixes
+    the exact reward sequence; ``nan`` when there is none."""
+
+    type: str = "text_reward"
+
+    def models(self, default: str) -> list[str]:
+        return []
+
+    def score_outcomes(self, question: str, candidates: list[str],  # type: ignore[override]
+                       ctx: ScoreContext) -> Generator[list, list, list[float]]:
+        out = []
+        for p in candidates:
+            tags = _REWARD_TAG.findall(p)
+            out.append(float(tags[-1]) if tags else float("nan"))
+        return out
+        yield []  # pragma: no cover - a generator, like every scorer

@@ -2,7 +2,7 @@
 
 Every step's text names its place in the tree (``p<path>``: the root's samples are ``p0``,
 ``p1``, ...; sample i of beam ``pX`` is ``pXi``) and carries the reward the test fixes for that
-path as ``r=<value>`` (read by ``scripted_steps.text_reward``). The expectations (which beams
+path as ``r=<value>`` (read by ``scripted_steps.TextRewardScorer``). The expectations (which beams
 are kept, which are set aside, what is returned) are worked out by hand from
 search-and-learn's ``beam_search.py`` / ``diverse_verifier_tree_search.py`` for those rewards.
 """
@@ -18,7 +18,7 @@ from archon import Pipeline
 from archon.techniques.beam import BeamSearch, top_up
 from archon.techniques.vote import Vote
 
-REWARD = "scripted_steps:text_reward"
+REWARD = {"type": "scripted_steps:TextRewardScorer"}
 
 
 def last_path(prefix: str) -> str:
@@ -70,7 +70,7 @@ SET_ASIDE_ANSWERS = {"1": "1", "01": "2", "200": "3", "201": "3", "210": "4", "2
 @pytest.mark.parametrize("sort_completed", [False, True])
 def test_beam_sets_finished_beams_aside_and_tops_up(sort_completed):
     router, backends, _ = steps_router(tree_responder(SET_ASIDE, SET_ASIDE_ANSWERS))
-    result = run(BeamSearch(beam_width=2, expand=2, max_steps=3, reward=REWARD, sort_completed=sort_completed),
+    result = run(BeamSearch(beam_width=2, expand=2, max_steps=3, scorer=REWARD, sort_completed=sort_completed),
                  router)
     steps = step_batches(backends["embedded"])
     assert [[(last_path(r.assistant_prefix), r.n) for r in b] for b in steps] == [
@@ -101,7 +101,7 @@ def test_beam_aggregation_decides_which_beams_are_kept(how, kept):
     rewards = {**AGG, **{p + s: 0.5 for p in AGG if len(p) == 2 for s in "01"}}
     answers = {p: "9" for p in rewards if len(p) == 3}
     router, backends, _ = steps_router(tree_responder(rewards, answers))
-    run(BeamSearch(beam_width=3, expand=2, max_steps=3, reward=REWARD, aggregate=how), router)
+    run(BeamSearch(beam_width=3, expand=2, max_steps=3, scorer=REWARD, aggregate=how), router)
     steps = step_batches(backends["embedded"])
     assert {last_path(r.assistant_prefix) for r in steps[2]} == kept
     assert [r.n for r in steps[2]] == [2, 2, 2]
@@ -113,7 +113,7 @@ def test_lookahead_scores_greedy_rollouts_then_drops_them():
     answers = {"00": "0", "01": "0", "10": "1", "11": "1"}
     for lookahead, winner in ((0, "0"), (1, "1")):
         router, backends, _ = steps_router(tree_responder(rewards, answers, lookahead={"0": 0.1, "1": 0.8}))
-        run(BeamSearch(beam_width=1, expand=2, max_steps=2, reward=REWARD, lookahead=lookahead), router)
+        run(BeamSearch(beam_width=1, expand=2, max_steps=2, scorer=REWARD, lookahead=lookahead), router)
         batches = backends["embedded"].batches
         greedy = [r for b in batches for r in b if r.temperature == 0.0]
         assert len(greedy) == 2 * lookahead  # both expansions rolled out at step 1; never at the last step
@@ -133,7 +133,7 @@ DVTS_ANSWERS = {"000": "A", "110": "B", "0010": "A", "0011": "A"}
 
 def test_dvts_returns_all_n_completions():
     router, backends, _ = steps_router(tree_responder(DVTS, DVTS_ANSWERS, root_by_seed=True))
-    result = run(BeamSearch(beam_width=2, expand=2, diverse=True, max_steps=3, reward=REWARD), router)
+    result = run(BeamSearch(beam_width=2, expand=2, diverse=True, max_steps=3, scorer=REWARD), router)
     steps = step_batches(backends["embedded"])
     assert [(last_path(r.assistant_prefix), r.n, r.seed) for r in steps[0]] == [("", 2, 1), ("", 2, 2)]
     assert [(last_path(r.assistant_prefix), r.n) for r in steps[1]] == [("00", 2), ("11", 2)]
@@ -149,7 +149,7 @@ def test_dvts_returns_all_n_completions():
 def test_dvts_weighted_vote_over_all_completions():
     """search-and-learn's weighted best-of-N over DVTS's N completions: A has 0.6 + 0.65 > B's 0.7."""
     router, _, _ = steps_router(tree_responder(DVTS, DVTS_ANSWERS, root_by_seed=True))
-    pipe = Pipeline({"dvts": BeamSearch(beam_width=2, expand=2, diverse=True, max_steps=3, reward=REWARD),
+    pipe = Pipeline({"dvts": BeamSearch(beam_width=2, expand=2, diverse=True, max_steps=3, scorer=REWARD),
                      "vote": Vote(method="weighted", weight="reward")}, {"vote": ["dvts"]}, router=router)
     result = pipe.run("What is 2 + 2?")
     assert result.final_answer == "A"

@@ -150,6 +150,42 @@ def test_jsonl_benchmark_with_field_names(tmp_path):
         get_benchmark(f"jsonl:{f}").load()
 
 
+def test_hf_benchmark_from_a_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"uid": f"u{i}", "prompt": f"What is {i}+2?", "target": str(i + 2)} for i in range(5)]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "set"))
+    bench = get_benchmark(f"hf:{tmp_path / 'set'}?split=validation&question=prompt&answer=target&id=uid&grader=exact")
+    items = bench.load("validation")
+    assert [i.id for i in items] == [f"u{i}" for i in range(5)] and items[3].gold == "5"
+    assert items[0].query.prompt == "What is 0+2?" and "target" not in items[0].query.metadata
+    with pytest.raises(ConfigError, match="no split 'test'"):
+        get_benchmark(f"hf:{tmp_path / 'set'}?question=prompt&answer=target").load("test")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        get_benchmark(f"hf:{tmp_path / 'set'}?questoin=prompt")
+
+
+def test_hf_hub_name_offline_names_the_local_alternatives(monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError) as err:
+        get_benchmark("hf:no-such-org/no-such-set?split=test").load("test")
+    assert "hf:no-such-org/no-such-set" in err.value.message and "save_to_disk" in err.value.render()
+
+
+def test_eval_refuses_limit_zero_and_writes_nothing(tmp_path):
+    app = typer.Typer()
+    app.command()(eval_command)
+    res = CliRunner().invoke(app, [str(REPO / "configs" / "single_sample.yaml"), "--benchmark", "arith",
+                                   "--limit", "0", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and not (tmp_path / "run").exists()
+
+
+def test_jsonl_benchmark_on_a_folder_says_it_is_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        get_benchmark(f"jsonl:{tmp_path}")
+
+
 @needs_data
 def test_math_loaders_parse_gold():
     gsm = get_benchmark("gsm8k").load()
@@ -499,3 +535,26 @@ def test_a_cached_rerun_reports_the_pipelines_full_cost(tmp_path, tmp_cache):
     # the prompt once per request, so only the order of magnitude is comparable here
     assert first.tokens_per_query < again.tokens_per_query < 4 * first.tokens_per_query
     assert again.accuracy == first.accuracy
+
+
+@pytest.mark.reliability
+def test_a_second_writer_on_one_run_directory_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom archon.results_io import lock_run_dir\n"
+         f"with lock_run_dir({str(run)!r}):\n    print('locked', flush=True)\n    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        pipe, backend = vote_pipeline()
+        with pytest.raises(ConfigError, match="being written by another archon process"):
+            evaluate(pipe, ARITH, run)
+        assert backend.batches == [] and not (run / RESULTS_FILE).exists()
+    finally:
+        holder.kill()  # like kill -9: the OS releases the lock
+        holder.wait()
+    s = evaluate(vote_pipeline()[0], ARITH, run)
+    assert s.n == 12 and len(list(read_jsonl(run / RESULTS_FILE))) == 12

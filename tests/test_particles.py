@@ -2,7 +2,7 @@
 
 ``method: pf`` against its_hub's ``ParticleFiltering`` (Puri et al. 2025), ``method: fk``
 against ``fkd_class.py`` (Singhal et al. 2025). Every step's text carries its reward as an
-``r=<value>`` tag read by ``scripted_steps.text_reward``, so each test fixes the exact reward
+``r=<value>`` tag read by ``scripted_steps.TextRewardScorer``, so each test fixes the exact reward
 sequence and recomputes, from the papers' formulas and independently of the code under test,
 the weights and ESS after each step, which particles survive resampling with the node's seeded
 RNG, and the answer.
@@ -23,7 +23,7 @@ from scripted_steps import steps_router
 from archon import Pipeline
 from archon.techniques.particles import ParticleParams, ParticleSteering
 
-REWARD = "scripted_steps:text_reward"
+REWARD = {"type": "scripted_steps:TextRewardScorer"}
 
 
 def run(technique, router, queries=("What is 2 + 2?",)):
@@ -103,7 +103,7 @@ def test_pf_first_step_weights_by_hand():
     """After step 1 (rewards 0.9 finished, 0.8 × 3 live) softmax(logit r) is the odds, normalised:
     9 : 4 : 4 : 4. The finished particle keeps 3/7 of the mass (FK's early correction left it ~1e-11)."""
     router, _, _ = steps_router(plan_responder(PF_PLAN, 4))
-    (result,) = run(ParticleSteering(particles=4, reward=REWARD), router)
+    (result,) = run(ParticleSteering(particles=4, scorer=REWARD), router)
     first = step_log(result)[0]
     assert first["weights"] == pytest.approx([9 / 21, 4 / 21, 4 / 21, 4 / 21])
     assert first["ess"] == pytest.approx(441 / 129)
@@ -113,7 +113,7 @@ def test_pf_first_step_weights_by_hand():
 @pytest.mark.parametrize(("how", "temperature"), [("last", 1.0), ("min", 1.0), ("prod", 1.0), ("last", 0.5)])
 def test_pf_matches_its_hub(how, temperature):
     router, _, _ = steps_router(plan_responder(PF_PLAN, 4))
-    tech = ParticleSteering(particles=4, reward=REWARD, aggregate=how, softmax_temperature=temperature, max_steps=5)
+    tech = ParticleSteering(particles=4, scorer=REWARD, aggregate=how, softmax_temperature=temperature, max_steps=5)
     (result,) = run(tech, router)
     expected, pop, best, steps = simulate_pf(PF_PLAN, 4, temperature, how)
     got = step_log(result)
@@ -135,7 +135,7 @@ def test_pf_matches_its_hub(how, temperature):
 def test_pf_finished_particle_survives_and_wins():
     """With last-step weighting the particle that finished first at 0.9 keeps competing and is the answer."""
     router, _, _ = steps_router(plan_responder(PF_PLAN, 4))
-    (result,) = run(ParticleSteering(particles=4, reward=REWARD), router)
+    (result,) = run(ParticleSteering(particles=4, scorer=REWARD), router)
     _, pop, best, _ = simulate_pf(PF_PLAN, 4, 1.0, "last")
     assert pop[best]["finished_at"] == 1  # the simulation agrees: an early finisher
     assert result.final_answer == "A"
@@ -144,7 +144,7 @@ def test_pf_finished_particle_survives_and_wins():
 
 def test_pf_weighted_vote():
     router, _, _ = steps_router(plan_responder(PF_PLAN, 4))
-    (result,) = run(ParticleSteering(particles=4, reward=REWARD, final="weighted_vote"), router)
+    (result,) = run(ParticleSteering(particles=4, scorer=REWARD, final="weighted_vote"), router)
     _, pop, _, _ = simulate_pf(PF_PLAN, 4, 1.0, "last")
     w = softmax([p["lw"] for p in pop])
     totals: dict[str, float] = {}
@@ -157,9 +157,9 @@ def test_pf_weighted_vote():
 
 
 def test_pf_params():
-    with pytest.raises(ValueError, match="self_logprob"):
-        ParticleParams(reward="self_logprob")
-    assert ParticleParams(reward="self_logprob", method="fk").method == "fk"
+    with pytest.raises(ValueError, match="logprob"):
+        ParticleParams(scorer="logprob")
+    assert ParticleParams(scorer="logprob", method="fk").method == "fk"
     assert ParticleParams().method == "pf" and ParticleParams().softmax_temperature == 1.0
     assert ParticleParams().resampling == "multinomial"
     assert ParticleParams(potential="sum").potential == "add" and ParticleParams(potential="current").potential == "rt"
@@ -235,7 +235,7 @@ def simulate_fk(plan, k, potential, lam, resample, threshold=0.5, interval=None,
 @pytest.mark.parametrize("resample", ["always", "ess", "never"])
 def test_fk_matches_fkd_class(potential, resample):
     router, _, _ = steps_router(plan_responder(FK_PLAN, 4))
-    tech = ParticleSteering(method="fk", particles=4, reward=REWARD, potential=potential, lam=2.0,
+    tech = ParticleSteering(method="fk", particles=4, scorer=REWARD, potential=potential, lam=2.0,
                             resample=resample, max_steps=4)
     (result,) = run(tech, router)
     expected, pop, best = simulate_fk(FK_PLAN, 4, potential, 2.0, resample)
@@ -261,7 +261,7 @@ def test_fk_final_correction_once_and_finished_particles_carry():
             ["-", "r=0.8 d", "r=0.8 e", "r=0.8 f"],
             ["-", "r=0.8 \\boxed{B}", "r=0.8 \\boxed{B}", "r=0.8 \\boxed{B}"]]
     router, _, _ = steps_router(plan_responder(plan, 4))
-    tech = ParticleSteering(method="fk", particles=4, reward=REWARD, potential="max", lam=10.0, resample="never")
+    tech = ParticleSteering(method="fk", particles=4, scorer=REWARD, potential="max", lam=10.0, resample="never")
     (result,) = run(tech, router)
     got = step_log(result)
     share = math.e / (math.e + 3)
@@ -279,7 +279,7 @@ def test_fk_copies_inherit_product_of_potentials():
     plan = [["r=0.5 a", "r=0.5 b", "r=0.5 c", "r=0.5 d"],
             ["r=0.9 \\boxed{A}", "r=0.2 \\boxed{B}", "r=0.6 \\boxed{C}", "r=0.4 \\boxed{D}"]]
     router, _, _ = steps_router(plan_responder(plan, 4))
-    tech = ParticleSteering(method="fk", particles=4, reward=REWARD, potential="max", lam=3.0, resample="always")
+    tech = ParticleSteering(method="fk", particles=4, scorer=REWARD, potential="max", lam=3.0, resample="always")
     (result,) = run(tech, router)
     first, last = step_log(result)
     assert first["weights"] == pytest.approx([0.25] * 4)  # equal potentials exp(3·0.5)
@@ -292,7 +292,7 @@ def test_fk_copies_inherit_product_of_potentials():
 def test_fk_resampling_interval():
     """resample_every 2 from step 0: rewards and resampling at steps 1 and 3 (0-based 0, 2), plus the last (4)."""
     router, _, _ = steps_router(plan_responder(FK_PLAN, 4))
-    tech = ParticleSteering(method="fk", particles=4, reward=REWARD, potential="max", lam=2.0, resample="always",
+    tech = ParticleSteering(method="fk", particles=4, scorer=REWARD, potential="max", lam=2.0, resample="always",
                             resample_every=2, max_steps=4)
     (result,) = run(tech, router)
     expected, _, _ = simulate_fk(FK_PLAN, 4, "max", 2.0, "always", interval={0, 2})

@@ -12,7 +12,9 @@ from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from archon.backends.types import GenerationRequest, ScoreRequest, Usage
+from archon.backends.types import GenerationRequest, RewardRequest, ScoreRequest, Usage
+
+Request = GenerationRequest | ScoreRequest | RewardRequest
 
 
 class Budget(BaseModel):
@@ -26,15 +28,16 @@ class Budget(BaseModel):
         return any(v is not None for v in (self.max_tokens, self.max_calls, self.max_flops))
 
 
-def estimate_prompt_tokens(request: GenerationRequest | ScoreRequest) -> int:
+def estimate_prompt_tokens(request: Request) -> int:
     text = request.prompt if request.prompt is not None else " ".join(m.content for m in request.messages or ())
     return (len(text) + len(request.assistant_prefix)) // 4 + 8
 
 
 @dataclass
 class Decision:
-    request: GenerationRequest | ScoreRequest | None
+    request: Request | None
     note: str | None = None
+    reserved: tuple[int, int, float] = (0, 0, 0.0)  # tokens, calls, flops held until the answer
 
 
 @dataclass
@@ -56,7 +59,7 @@ class BudgetTracker:
         flops = (b.max_flops - self.spent.flops - self.reserved_flops) if b.max_flops else inf
         return tokens, calls, flops
 
-    def admit(self, request: GenerationRequest | ScoreRequest) -> Decision:
+    def admit(self, request: Request) -> Decision:
         if not self.budget.is_set():
             return Decision(request)
         tokens_room, calls_room, flops_room = self._room()
@@ -64,12 +67,11 @@ class BudgetTracker:
             return Decision(None, f"skipped a call to {request.model}: call budget spent")
         prompt = estimate_prompt_tokens(request)
         flops_per_token = 2.0 * (self.parameters.get(request.model) or 0.0)
-        if isinstance(request, ScoreRequest):
-            cost = prompt * len(request.continuations)
+        if isinstance(request, (ScoreRequest, RewardRequest)):
+            cost = prompt * (len(request.continuations) if isinstance(request, ScoreRequest) else 1)
             if cost > tokens_room or cost * flops_per_token > flops_room:
                 return Decision(None, f"skipped scoring on {request.model}: budget spent")
-            self._reserve(cost, cost * flops_per_token)
-            return Decision(request)
+            return Decision(request, reserved=self._reserve(cost, cost * flops_per_token))
         per_sample = request.max_tokens
         afford = request.n
         if tokens_room != float("inf"):
@@ -84,13 +86,22 @@ class BudgetTracker:
             note = f"cut n from {request.n} to {afford} on {request.model} to stay within budget"
             request = replace(request, n=afford)
         cost = prompt + afford * per_sample
-        self._reserve(cost, cost * flops_per_token)
-        return Decision(request, note)
+        return Decision(request, note, self._reserve(cost, cost * flops_per_token))
 
-    def _reserve(self, tokens: int, flops: float) -> None:
+    def _reserve(self, tokens: int, flops: float) -> tuple[int, int, float]:
         self.reserved_tokens += tokens
         self.reserved_calls += 1
         self.reserved_flops += flops
+        return tokens, 1, flops
+
+    def release(self, decision: Decision, spent: Usage) -> None:
+        """One answered request: its estimate gives way to real usage, while the estimates of
+        the query's other requests still in flight stay held (the dataflow executor)."""
+        tokens, calls, flops = decision.reserved
+        self.reserved_tokens -= tokens
+        self.reserved_calls -= calls
+        self.reserved_flops -= flops
+        self.spent = spent
 
     def settle(self, spent: Usage) -> None:
         """Real usage replaces the round's estimates."""

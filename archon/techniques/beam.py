@@ -41,6 +41,7 @@ from pydantic import Field
 
 from archon.backends.types import Sample
 from archon.data import Candidate
+from archon.scoring import order_by_score
 from archon.techniques.base import Defaults, ModelRequest, ModelResult, NodeContext, Program
 from archon.techniques.steps import (
     NAN,
@@ -82,11 +83,7 @@ class Beam:
 
 def best_first(beams: list[Beam], how: str) -> list[Beam]:
     """Highest aggregated reward first; beams without a reward last; ties keep the order."""
-    def key(i: int) -> tuple[bool, float, int]:
-        s = beams[i].score(how)
-        return (is_nan(s), -s if not is_nan(s) else 0.0, i)
-
-    return [beams[i] for i in sorted(range(len(beams)), key=key)]
+    return [beams[i] for i in order_by_score([b.score(how) for b in beams])]
 
 
 def top_up(kept: list[Beam], n: int) -> list[tuple[Beam, int]]:
@@ -100,6 +97,9 @@ class BeamSearch(StepTechnique):
     Params = BeamParams
     description = "step-level beam search with a process reward (diverse: DVTS), as search-and-learn"
     params: BeamParams
+
+    def output_count(self, inputs: int) -> int:
+        return self.params.beam_width
 
     def models(self, defaults: Defaults) -> list[str]:
         return list(dict.fromkeys([self.params.model or defaults.model, *self.reward_models(defaults)]))
@@ -129,8 +129,8 @@ class BeamSearch(StepTechnique):
 
     def _reward(self, ctx: NodeContext, expansions: list[Beam], samples: list[Sample], step: int) -> Program:
         """Append one step reward to every expansion (after ``lookahead`` greedy steps)."""
-        texts = yield from self._lookahead(ctx, expansions, step)
-        rewards = yield from self._rewards(ctx, texts, samples)
+        traces = yield from self._lookahead(ctx, expansions, step)
+        rewards = yield from self._rewards(ctx, traces, samples)
         missing = 0
         for e, r in zip(expansions, rewards, strict=True):
             if is_nan(r):
@@ -138,9 +138,9 @@ class BeamSearch(StepTechnique):
             e.rewards.append(NAN if is_nan(r) else float(r))
         return missing
 
-    def _rewards(self, ctx: NodeContext, texts: list[str], samples: list[Sample]) -> RewardsProgram:
+    def _rewards(self, ctx: NodeContext, traces: list[Trace], samples: list[Sample]) -> RewardsProgram:
         """The one reward call site: one reward per partial solution."""
-        return (yield from self.step_rewards(ctx, ctx.query.question_text(), texts, samples))
+        return (yield from self.step_rewards(ctx, ctx.query.question_text(), traces, samples))
 
     def _lookahead(self, ctx: NodeContext, expansions: list[Beam], step: int) -> Program:
         k = self.params.lookahead if step < self.params.max_steps - 1 else 0
@@ -152,7 +152,7 @@ class BeamSearch(StepTechnique):
             results = yield [self.step_request(ctx, traces[i], temperature=0.0) for i in todo]
             for i, res in zip(todo, results, strict=True):
                 traces[i] = traces[i].extend(first_sample(res), 10**6, self.params.max_total_tokens)
-        return [t.text for t in traces]
+        return traces
 
     def _candidates(self, ctx: NodeContext, beams: list[Beam]) -> list[Candidate]:
         how = self.params.aggregate
@@ -166,7 +166,8 @@ class BeamSearch(StepTechnique):
             out.append(Candidate(text=text, answer=extract_final_answer(text), node=ctx.node_id, model=model,
                                  scores={} if is_nan(score) else {"reward": score},
                                  metadata={"subtree": b.subtree, "steps": len(b.trace), "finish": b.trace.finish,
-                                           "rewards": b.rewards, "completed_at": b.completed_at}))
+                                           "rewards": b.rewards, "completed_at": b.completed_at,
+                                           "step_scores": self.step_scores(ctx, b.trace), "score_key": "reward"}))
         if not out:
             ctx.note("beam: no beam wrote a step")
         return out

@@ -132,9 +132,9 @@ class ParticleParams(RewardStepParams):
 
     @model_validator(mode="after")
     def _pf_needs_probabilities(self) -> ParticleParams:
-        if self.method == "pf" and self.reward == "self_logprob":
-            raise ValueError("method: pf weighs particles by logit(r) of a reward in [0, 1]; reward: self_logprob "
-                             "gives log-probabilities. Use reward: judge, score or scorer, or method: fk")
+        if self.method == "pf" and self.scorer.uses_generation_logprobs():
+            raise ValueError("method: pf weighs particles by logit(r) of a reward in [0, 1]; scorer: logprob "
+                             "gives log-probabilities. Use a judge, yes/no or PRM scorer, or method: fk")
         return self
 
 
@@ -227,6 +227,9 @@ class ParticleSteering(StepTechnique):
     description = "particle filtering (Puri et al.) / Feynman-Kac steering over reasoning steps with a step reward"
     params: ParticleParams
 
+    def output_count(self, inputs: int) -> int:
+        return self.params.particles
+
     def models(self, defaults: Defaults) -> list[str]:
         return list(dict.fromkeys([self.params.model or defaults.model, *self.reward_models(defaults)]))
 
@@ -235,7 +238,7 @@ class ParticleSteering(StepTechnique):
         ``{index: aggregated reward}``, without the ones that got no signal."""
         if not which:
             return {}
-        rewards = yield from self.step_rewards(ctx, ctx.query.question_text(), [parts[i].trace.text for i in which],
+        rewards = yield from self.step_rewards(ctx, ctx.query.question_text(), [parts[i].trace for i in which],
                                                [parts[i].sample for i in which])
         out: dict[int, float] = {}
         for i, r in zip(which, rewards, strict=True):
@@ -364,7 +367,8 @@ class ParticleSteering(StepTechnique):
                                    scores={"weight": w} if is_nan(reward) else {"reward": reward, "weight": w},
                                    metadata={"particle": i, "ancestors": pt.ancestors, "steps": len(pt.trace),
                                              "finish": pt.trace.finish, "rewards": pt.rewards,
-                                             "finished_at": pt.finished_at, "last_step": steps}))
+                                             "finished_at": pt.finished_at, "last_step": steps,
+                                             "step_scores": self.step_scores(ctx, pt.trace), "score_key": "reward"}))
         if not any(c.text for c in cands):
             ctx.note("particles: no particle wrote a step")
             return []
