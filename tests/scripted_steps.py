@@ -5,7 +5,8 @@ log-probabilities, and every backend call is logged in one shared, ordered list.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 from archon.backends.registry import ModelRegistry, ModelSpec
@@ -19,6 +20,7 @@ from archon.backends.types import (
     TokenLogprob,
     Usage,
 )
+from archon.scoring import ScoreContext, Scorer
 
 StepResponder = Callable[[GenerationRequest, int], "str | Sample"]
 ScoreResponder = Callable[[ScoreRequest], list[float]]
@@ -118,3 +120,26 @@ def steps_router(respond: StepResponder, score_fn: ScoreResponder = default_scor
                               for m in models})
     router = ModelRouter(registry=registry, cache=cache, factory=lambda name, spec: backends[name])
     return router, backends, log
+
+
+_REWARD_TAG = re.compile(r"r=([0-9]*\.?[0-9]+)")
+
+
+class TextRewardScorer(Scorer):
+    """A step scorer without model calls, for conformance tests: the last ``r=<float>`` tag in
+    each partial solution (``scorer: {type: "scripted_steps:TextRewardScorer"}``), so a test fixes
+    the exact reward sequence; ``nan`` when there is none."""
+
+    type: str = "text_reward"
+
+    def models(self, default: str) -> list[str]:
+        return []
+
+    def score_outcomes(self, question: str, candidates: list[str],  # type: ignore[override]
+                       ctx: ScoreContext) -> Generator[list, list, list[float]]:
+        out = []
+        for p in candidates:
+            tags = _REWARD_TAG.findall(p)
+            out.append(float(tags[-1]) if tags else float("nan"))
+        return out
+        yield []  # pragma: no cover - a generator, like every scorer

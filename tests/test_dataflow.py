@@ -90,7 +90,8 @@ def test_backend_calls_within_one_of_the_level_executor_on_an_instant_backend():
     counts = {}
     for scheduler in ("levels", "dataflow"):
         router, _ = scripted_router(lambda r, i: f"step {i}\n\n" if i % 3 else "The answer is \\boxed{4}")
-        pipe = Pipeline({"p": ParticleSteering(particles=4, scorer={"type": "logprob"}, max_steps=3, max_tokens=8),
+        pipe = Pipeline({"p": ParticleSteering(method="fk", particles=4, scorer={"type": "logprob"}, max_steps=3,
+                                               max_tokens=8),
                          "s": Select(method="first")}, {"s": ["p"]}, router=router, scheduler=scheduler)
         results = pipe.run_batch([f"q{i}" for i in range(5)])
         assert all(r.error is None for r in results)

@@ -282,7 +282,8 @@ def test_logprob_scorer_reads_the_generation_and_asks_nothing():
             f"s{i}", completion_tokens=2, logprobs=[TokenLogprob("s", -0.5 * (i + 1))])
 
     router, _, log = steps_router(respond)
-    pipe = Pipeline({"p": ParticleSteering(particles=2, max_steps=2, scorer="self_logprob")}, {}, router=router)
+    tech = ParticleSteering(method="fk", particles=2, max_steps=2, scorer="self_logprob")
+    pipe = Pipeline({"p": tech}, {}, router=router)
     result = pipe.run("q")
     assert {k for _, k, _ in log} == {"step"}
     assert all(c.metadata["step_scores"][-1] <= 0 for c in result.candidates)

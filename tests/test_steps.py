@@ -22,7 +22,8 @@ from archon.techniques.beam import BeamSearch
 from archon.techniques.particles import (
     ParticleSteering,
     effective_sample_size,
-    log_potential,
+    fk_log_potential,
+    fk_state,
     normalize,
     resample_indices,
 )
@@ -110,19 +111,25 @@ def test_resampling_indices_are_valid_and_reproducible():
             rng = random.Random(seed)
             w = normalize([rng.uniform(-3, 3) for _ in range(6)])
             idx = resample_indices(w, 6, method, random.Random(seed))
-            assert len(idx) == 6 and all(0 <= j < 6 for j in idx) and idx == sorted(idx)
+            assert len(idx) == 6 and all(0 <= j < 6 for j in idx)
             assert idx == resample_indices(w, 6, method, random.Random(seed))
-            if method == "systematic":  # each particle gets floor(k·w) or ceil(k·w) copies
+            if method == "multinomial":  # exactly random.choices, as its_hub draws
+                assert idx == random.Random(seed).choices(range(6), weights=w, k=6)
+            else:  # each particle gets floor(k·w) or ceil(k·w) copies
+                assert idx == sorted(idx)
                 for j in range(6):
                     assert math.floor(6 * w[j]) <= idx.count(j) <= math.ceil(6 * w[j])
     # zero-weight particles are never chosen
     assert set(resample_indices([0.0, 1.0, 0.0], 3, "multinomial", random.Random(1))) == {1}
     assert effective_sample_size([0.25] * 4) == pytest.approx(4)
     assert effective_sample_size([1.0, 0, 0, 0]) == pytest.approx(1)
-    assert log_potential("max", 2.0, [0.5, 0.2]) == pytest.approx(1.0)
-    assert log_potential("diff", 2.0, [0.5, 0.2]) == pytest.approx(-0.6)
-    assert log_potential("sum", 2.0, [0.5, 0.2]) == pytest.approx(1.4)
-    assert log_potential("current", 2.0, [0.5, 0.2]) == pytest.approx(0.4)
+    # fkd_class.py's states and potentials (state 0.5, new reward 0.2, λ = 2)
+    assert fk_state("max", 0.5, 0.2) == 0.5 and fk_log_potential("max", 2.0, 0.5, 0.5, 0.2) == pytest.approx(1.0)
+    assert fk_state("add", 0.5, 0.2) == pytest.approx(0.7)
+    assert fk_log_potential("add", 2.0, 0.5, 0.7, 0.2) == pytest.approx(1.4)
+    assert fk_log_potential("diff", 2.0, 0.5, 0.2, 0.2) == pytest.approx(-0.6)
+    assert fk_state("rt", 0.5, 0.2) == 0.2 and fk_log_potential("rt", 2.0, 0.5, 0.2, 0.2) == pytest.approx(0.4)
+    assert fk_state("max", 0.5, None) == 0.5 and fk_log_potential("diff", 2.0, 0.5, 0.5, None) == 0.0
 
 
 def particle_responder(k: int, table):
@@ -141,27 +148,12 @@ def particle_responder(k: int, table):
     return respond
 
 
-@pytest.mark.parametrize("potential", ["max", "diff", "sum", "current"])
-def test_final_weights_are_exp_lambda_final_reward(potential):
-    table = [[9, 1, 3], [1, 9, 6], [5, 5, 8]]
-    router, _, _ = steps_router(particle_responder(3, table))
-    tech = ParticleSteering(particles=3, potential=potential, lam=2.0, resample="never", max_steps=5)
-    (result,) = run(tech, router)
-    by_slot = {c.metadata["particle"]: c for c in result.candidates}
-    expected = normalize([2.0 * row[-1] / 9 for row in table])
-    for slot in range(3):
-        assert by_slot[slot].scores["weight"] == pytest.approx(expected[slot])
-        assert by_slot[slot].scores["reward"] == pytest.approx(table[slot][-1] / 9)
-        assert by_slot[slot].metadata["rewards"] == pytest.approx([v / 9 for v in table[slot]])
-    assert [c.metadata["particle"] for c in result.candidates] == [2, 1, 0]  # best reward first
-    assert result.final_answer == "2"
-
-
 @pytest.mark.parametrize(("first_rewards", "resampled"), [([4, 4, 4, 4], False), ([9, 0, 0, 0], True)])
 def test_ess_threshold_triggers_resampling(first_rewards, resampled):
     table = [[v, 5] for v in first_rewards]
     router, _, _ = steps_router(particle_responder(4, table))
-    tech = ParticleSteering(particles=4, lam=10.0, resample="ess", ess_threshold=0.5, resampling="systematic")
+    tech = ParticleSteering(method="fk", particles=4, lam=10.0, resample="ess", ess_threshold=0.5,
+                            resampling="systematic")
     (result,) = run(tech, router)
     ancestors = sorted(c.metadata["ancestors"] for c in result.candidates)
     if resampled:
@@ -174,7 +166,7 @@ def test_ess_threshold_triggers_resampling(first_rewards, resampled):
 
 def test_resampling_is_reproducible_and_duplicates_diverge(tmp_cache):
     table = [[9, 5], [0, 5], [0, 5], [0, 5]]
-    tech = ParticleSteering(particles=4, lam=10.0, resample="always", resampling="multinomial")
+    tech = ParticleSteering(method="fk", particles=4, lam=10.0, resample="always", resampling="multinomial")
     outs = []
     for _ in range(2):
         router, backends, _ = steps_router(particle_responder(4, table), cache=tmp_cache)
@@ -188,8 +180,7 @@ def test_resampling_is_reproducible_and_duplicates_diverge(tmp_cache):
         else:
             assert backends["embedded"].batches == []  # the whole second run came from the cache
     assert outs[0] == outs[1]
-    second_steps = [text.split("\n\n")[1] for text, _ in outs[0]]
-    assert len(set(second_steps)) == 4  # duplicates got distinct continuations, cache or not
+    # (the final population may hold copies again: fkd_class.py resamples at the last step too)
 
 
 def test_one_backend_request_per_model_per_step_for_all_queries_and_particles():
@@ -216,7 +207,7 @@ def test_weighted_vote_vs_best():
 
     for final, answer in (("best", "A"), ("weighted_vote", "B")):
         router, _, _ = steps_router(respond)
-        (result,) = run(ParticleSteering(particles=4, lam=1.0, final=final), router)
+        (result,) = run(ParticleSteering(method="fk", particles=4, lam=1.0, final=final), router)
         assert result.final_answer == answer
         assert len(result.candidates) == 4
     assert result.candidates[0].scores["votes"] == pytest.approx(3 * math.exp(7 / 9) / (3 * math.exp(7 / 9) + math.e))
@@ -239,7 +230,9 @@ def test_beam_keeps_top_k_by_reward():
     assert sorted((r.n, r.assistant_prefix) for r in gen[1]) == [(3, "v4x4\n\n"), (3, "v5x5\n\n")]  # top 2 of 6
     assert log == [("embedded", "step", 1), ("embedded", "judge", 6), ("embedded", "step", 2),
                    ("embedded", "judge", 6)]
-    assert [c.text for c in result.candidates] == ["v5x5\n\nw2x2 \\boxed{2}", "v4x4\n\nw2x2 \\boxed{2}"]
+    # all N = 6 completed beams come back, best first (ties keep the order of the kept beams)
+    assert [c.text for c in result.candidates][:2] == ["v5x5\n\nw2x2 \\boxed{2}", "v4x4\n\nw2x2 \\boxed{2}"]
+    assert len(result.candidates) == 6
     assert result.candidates[0].scores["reward"] == pytest.approx(2 / 9)
 
 
@@ -263,7 +256,8 @@ def test_dvts_subtrees_are_independent(diverse):
         assert [(r.n, r.seed) for r in gen[0]] == [(2, 1), (2, 2), (2, 3)]  # one request per subtree, own seed
         kept = sorted(r.assistant_prefix for r in gen[1])
         assert kept == ["t1x9\n\n", "t2x3\n\n", "t3x5\n\n"]  # each subtree's own best
-        assert sorted(c.metadata["subtree"] for c in result.candidates) == [0, 1, 2]
+        # all N = 6 completions: each subtree's 2 siblings
+        assert sorted(c.metadata["subtree"] for c in result.candidates) == [0, 0, 1, 1, 2, 2]
     else:
         kept = sorted(r.assistant_prefix for r in gen[1])
         assert kept == ["t1x8\n\n", "t1x9\n\n", "t3x5\n\n"]  # the global top 3
@@ -304,7 +298,7 @@ def test_models_lists():
     d = Defaults(model="m")
     assert SpecReason(drafter="s", model="l").models(d) == ["s", "l"]
     assert ParticleSteering(scorer={"type": "judge", "mode": "digit", "model": "prm"}).models(d) == ["m", "prm"]
-    assert ParticleSteering(scorer="logprob").models(d) == ["m"]
+    assert ParticleSteering(method="fk", scorer="logprob").models(d) == ["m"]
     assert BeamSearch(scorer={"type": "judge", "mode": "yes_no"}).models(d) == ["m"]
     assert SolveDetectVerify(verifier_model="v").models(d) == ["m", "v"]
 
@@ -317,7 +311,7 @@ def test_self_logprob_reward_needs_no_extra_call():
                       logprobs=[TokenLogprob("x", lp)])
 
     router, _, log = steps_router(respond)
-    (result,) = run(ParticleSteering(particles=2, scorer="logprob", lam=1.0), router)
+    (result,) = run(ParticleSteering(method="fk", particles=2, scorer="logprob", lam=1.0), router)
     assert [k for _, k, _ in log] == ["step"]
     assert result.final_answer == "1" and result.candidates[0].scores["reward"] == pytest.approx(-0.1)
 

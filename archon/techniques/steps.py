@@ -47,6 +47,7 @@ steps. Common choices:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
@@ -217,9 +218,12 @@ class StepTechnique(Technique):
 
     def step_request(self, ctx: NodeContext, trace: Trace, *, user: str | None = None, model: str | None = None,
                      n: int = 1, seed_offset: int = 0, logprobs: bool = False,
-                     temperature: float | None = None) -> GenerationRequest:
+                     temperature: float | None = None, to_end: bool = False) -> GenerationRequest:
+        """The request for the next step of ``trace``; ``to_end``: no delimiter stop, so the model
+        writes until it ends or hits the step's token cap (search-and-learn's last iteration)."""
         return self.request(ctx, user if user is not None else self.solve_prompt(ctx), model=model, n=n,
-                            stop=[self.params.delimiter], max_tokens=self.step_max_tokens(ctx, trace),
+                            stop=[] if to_end else [self.params.delimiter],
+                            max_tokens=self.step_max_tokens(ctx, trace),
                             assistant_prefix=trace.prefix, seed_offset=seed_offset, logprobs=logprobs,
                             temperature=temperature)
 
@@ -296,7 +300,25 @@ class StepTechnique(Technique):
         return [scorer.reduce_steps(row) for row in per_step]
 
 
+def aggregate_rewards(values: Sequence[float], how: str) -> float:
+    """A partial solution's reward from its step rewards r_1..r_t (``nan`` ones skipped):
+    ``last`` r_t, ``min``, ``prod`` (search-and-learn's ``agg_strategy``; reward_hub's
+    aggregation in its_hub) or ``mean`` (archon's addition). ``nan`` when there are none."""
+    kept = [v for v in values if not is_nan(v)]
+    if not kept:
+        return NAN
+    if how == "last":
+        return kept[-1]
+    if how == "min":
+        return min(kept)
+    if how == "prod":
+        return math.prod(kept)
+    if how == "mean":
+        return sum(kept) / len(kept)
+    raise ValueError(f"unknown aggregation {how!r}; use last, min, prod or mean")
+
+
 __all__ = [
-    "NAN", "RewardStepParams", "StepParams", "StepTechnique", "Trace", "close_braces", "digit_score",
-    "has_final_answer", "is_nan", "yes_probability",
+    "NAN", "RewardStepParams", "StepParams", "StepTechnique", "Trace", "aggregate_rewards", "close_braces",
+    "digit_score", "has_final_answer", "is_nan", "yes_probability",
 ]
