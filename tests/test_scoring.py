@@ -191,7 +191,8 @@ def test_technique_contract(name):
         empty, _ = _contract_run(name, inputs=False)
         assert empty.error is None, empty.error
     tight, _ = _contract_run(name, budget=Budget(max_calls=1))
-    assert tight.error is None, tight.error
+    # a skipped call is handled: at worst the row says the budget starved it (never a crash)
+    assert tight.error is None or tight.error.startswith("budget:"), tight.error
     assert tight.usage.get("calls", 0) <= 1
 
 
