@@ -297,6 +297,7 @@ class ArchonServer:
         deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
         index = {task: i for i, task in enumerate(tasks)}
         results: list[QueryResult] = []
+        ended = False  # False in `finally` means the client went away mid-stream
         try:
             if kind == "chat":
                 yield _sse(chunk_object(kind, rid, model, created, [
@@ -311,6 +312,7 @@ class ArchonServer:
                 if not done:
                     if deadline is not None and loop.time() >= deadline:
                         self.counters.timeouts += 1
+                        ended = True
                         yield _sse(error_body(f"pipeline {model!r} did not finish within {self.timeout_s:g}s "
                                               "(--timeout)", "timeout", code="timeout"))
                         return
@@ -319,6 +321,7 @@ class ArchonServer:
                 for task in sorted(done, key=index.__getitem__):
                     exc, result = _outcome(task)
                     if result is None or result.error is not None:
+                        ended = True
                         yield _sse(self._failure(model, rid, exc, result).body)
                         return
                     results.append(result)
@@ -335,9 +338,10 @@ class ArchonServer:
                                                     **run_extension(result, trace=trace)}))
             if include_usage:
                 yield _sse(chunk_object(kind, rid, model, created, [], usage=usage_of(results)))
+            ended = True
             yield "data: [DONE]\n\n"
         finally:
-            if any(not t.done() for t in tasks):
+            if not ended:
                 self.counters.disconnects += 1
                 log.info("%s: stream ended early; cancelling its remaining run(s)", rid)
             for task in tasks:
