@@ -60,3 +60,33 @@ def scripted_router(respond: Responder = default_responder, models: Sequence[str
                               for m in models})
     router = ModelRouter(registry=registry, cache=cache, factory=lambda name, spec: backends[name])
     return router, backends
+
+
+def drive(technique, inputs, reply, question: str = "q"):  # type: ignore[no-untyped-def]
+    """Run one technique's program for one query without an engine: ``reply(round, index,
+    request)`` answers each request (a ``str``, a ``Sample``, a list of them, or a result),
+    in the order the technique yielded them. Returns (outputs, rounds of requests, notes)."""
+    import random
+
+    from archon.data import Query
+    from archon.techniques.base import Defaults, NodeContext
+
+    ctx = NodeContext("n", Query(id="q1", prompt=question), Defaults(), random.Random(0))
+    program = technique.run(ctx, list(inputs))
+    rounds: list[list] = []
+    try:
+        requests = next(program)
+        while True:
+            rounds.append(list(requests))
+            results = []
+            for i, r in enumerate(requests):
+                out = reply(len(rounds) - 1, i, r)
+                if isinstance(out, (GenerationResult, ScoreResult)):
+                    results.append(out)
+                    continue
+                items = out if isinstance(out, list) else [out]
+                results.append(GenerationResult([s if isinstance(s, Sample) else Sample(s, completion_tokens=5)
+                                                 for s in items]))
+            requests = program.send(results)
+    except StopIteration as stop:
+        return stop.value, rounds, ctx.notes

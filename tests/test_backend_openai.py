@@ -234,13 +234,14 @@ class _Stub:
     def __init__(self, status: int, body: dict) -> None:
         self.hits = 0
         self.auth: list[str] = []
+        self.bodies: list[dict] = []
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 stub.hits += 1
                 stub.auth.append(self.headers.get("Authorization", ""))
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                stub.bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}"))
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -287,3 +288,24 @@ def test_server_errors_are_retried_then_reported():
         b.close()
         stub.close()
     assert stub.hits == 3 and "3 attempts" in str(info.value) and stub.auth == ["Bearer EMPTY"] * 3
+
+
+CHAT_REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "o1-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+@pytest.mark.parametrize("sampling", [True, False])
+def test_sampling_off_sends_no_temperature_top_p_or_max_tokens(sampling):
+    """o1 models reject these; Archon sends neither (`sampling: false` in the model spec)."""
+    stub = _Stub(200, CHAT_REPLY)
+    b = backend(stub.url, name="o1-mini", sampling=sampling)
+    try:
+        (result,) = b.generate([req(model="o1-mini", messages=(Message("user", "hi"),), temperature=0.3)])
+    finally:
+        b.close()
+        stub.close()
+    assert result.samples[0].text == "hi"
+    sent = stub.bodies[0]
+    assert ({"temperature", "top_p", "max_tokens"} <= set(sent)) is sampling
+    assert not ({"temperature", "top_p", "max_tokens"} & set(sent)) or sampling

@@ -300,6 +300,9 @@ def _quoting_responder(req, index):
         return "[3] > [2] > [1]"
     if "Combine them" in text:
         return f"fused {index}"
+    if "Strengths" in text and "Response:\n" not in text:  # Archon's comparative critic: all at once
+        shown = re.findall(r"^\[(\d+)\] (.*)$", text, re.MULTILINE)
+        return "\n\n".join(f"[{i}]\nStrengths: about <{body.strip()}>. Weaknesses: none." for i, body in shown)
     if "Strengths" in text:
         body = text.split("Response:\n", 1)[1].split("\n\nWrite", 1)[0]
         return f"Strengths: about <{body.strip()}>. Weaknesses: none."
@@ -475,8 +478,11 @@ def test_converted_pipelines_run_on_the_embedded_model(embedded_router):
         [gen("a", samples=2)], [comp("critic")], [comp("ranker", top_k=1, use_critiques=True)]]}, model_map=EMBED)
     moa = convert_archon({"name": "moa", "layers": [
         [gen("a"), gen("b")], [comp("fuser"), comp("fuser", "b")]]}, model_map=EMBED)
+    verify = convert_archon({"name": "verify", "layers": [[gen("a", samples=2)], [comp("verifier")]]},
+                            model_map=EMBED)  # Archon's two-call verifier
     for result, nodes in ((critic_rank, ["l0_generate_0", "l1_critique_0", "l2_rank_0", "select"]),
-                          (moa, ["l0_generate_0", "l0_generate_1", "l1_fuse_0", "l1_fuse_1", "select"])):
+                          (moa, ["l0_generate_0", "l0_generate_1", "l1_fuse_0", "l1_fuse_1", "select"]),
+                          (verify, ["l0_generate_0", "l1_verify_0", "select"])):
         _shrink(result, 8)
         pipe = Pipeline.from_config(result.pipeline_config(), router=embedded_router)
         out = pipe.run("What is 2 + 3?")
@@ -484,3 +490,45 @@ def test_converted_pipelines_run_on_the_embedded_model(embedded_router):
         assert [t.node for t in out.trace] == nodes
         assert out.usage["completion_tokens"] > 0
         assert all(u["calls"] >= 1 for node, u in out.usage_by_node.items() if node != "select")
+
+
+# -- Archon's components as Archon runs them --------------------------------------------------
+
+def test_critic_verifier_and_ranker_use_archons_forms():
+    result = convert_archon(ALL_SHAPES, model_map=EMBED)
+    nodes = nodes_of(result)
+    assert nodes["l1_critique_0"]["mode"] == "comparative"  # one call judging all candidates together
+    assert nodes["l3_verify_0"]["mode"] == "reason_then_verdict"  # reasoning, then [Correct]/[Incorrect]
+    assert nodes["l2_rank_0"]["parse"] == "archon"  # first line, unranked ones after in input order
+    validate(result)
+
+
+def test_length_control_only_where_archon_applies_it():
+    plain = convert_archon({"layers": [[gen(samples=2)], [comp("fuser", length_control=True)]]}, model_map=EMBED)
+    assert "length_control" not in nodes_of(plain)["l1_fuse_0"]
+    assert any("`length_control` left off" in n.message and n.kind == "info" for n in plain.notes)
+    critiqued = convert_archon({"layers": [[gen(samples=2)], [comp("critic")], [comp("fuser", length_control=True)]]},
+                               model_map=EMBED)
+    assert nodes_of(critiqued)["l2_fuse_0"]["length_control"] is True
+
+
+@pytest.mark.parametrize(("model", "kind"), [("o1-mini-2024-09-12", "info"), ("o1-preview", "differs"),
+                                             ("gpt-4o", None)])
+def test_o1_models_get_no_sampling_parameters(model, kind):
+    result = convert_archon({"layers": [[gen(model, model_type="OpenAI_API")]]})
+    spec = result.config["models"][model]
+    assert spec.get("sampling", True) is (kind is None)
+    notes = [n for n in result.notes if "without temperature and max_tokens" in n.message]
+    assert [n.kind for n in notes] == ([kind] if kind else [])
+    validate(result)
+
+
+def test_anthropic_components_get_archons_fixed_max_tokens():
+    result = convert_archon({"layers": [[gen("claude-3-5-sonnet-20240620", model_type="Anthropic_API")],
+                                        [comp("fuser", "claude-3-5-sonnet-20240620", "Anthropic_API")]]})
+    nodes = nodes_of(result)
+    assert nodes["l0_generate_0"]["max_tokens"] == nodes["l1_fuse_0"]["max_tokens"] == 4096
+    assert any("4096" in n.message and n.kind == "info" for n in result.notes)
+    embedded = convert_archon({"layers": [[gen("claude-3-5-sonnet-20240620", model_type="Anthropic_API")]]},
+                              model_map=EMBED)
+    assert nodes_of(embedded)["l0_generate_0"]["max_tokens"] == 256  # mapped away from Anthropic: as configured

@@ -26,7 +26,7 @@ from archon.techniques.particles import (
     normalize,
     resample_indices,
 )
-from archon.techniques.solve_detect_verify import SolveDetectVerify, majority, parse_paragraph_index
+from archon.techniques.solve_detect_verify import SolveDetectVerify
 from archon.techniques.speculative import SpecReason
 from archon.techniques.steps import Trace, close_braces, digit_score, has_final_answer, yes_probability
 
@@ -99,67 +99,7 @@ def test_registered_and_step_params_validate():
         ParticleSteering(temperature=0.0)
 
 
-# -- SpecReason --------------------------------------------------------------------------------
-
-def specreason_responder(req, i):
-    if is_judge(req):
-        latest = user_text(req).split("Latest step:\n", 1)[1]
-        return digit(2) if "bad" in latest else digit(8)
-    n = req.assistant_prefix.count("\n\n")
-    if req.model == "big":
-        return "big first step" if n == 0 else "big fixed step \\boxed{4}"
-    return {1: "good draft step", 2: "bad draft step"}.get(n, "small step")
-
-
-def test_specreason_accepts_rewrites_and_counts():
-    router, backends, log = steps_router(specreason_responder, models=("small", "big"))
-    tech = SpecReason(drafter="small", model="big", threshold=7, first_n_large=1)
-    (result,) = run(tech, router)
-    assert [(m, k) for m, k, _ in log] == [
-        ("big", "step"),                      # step 1: first_n_large
-        ("small", "step"), ("big", "judge"),  # step 2: draft, judged 8 >= 7: kept
-        ("small", "step"), ("big", "judge"),  # step 3: draft, judged 2: rejected
-        ("big", "step"),                      # ... and rewritten by the large model
-    ]
-    draft_req, rewrite_req = backends["small"].batches[1][0], backends["big"].batches[-1][0]
-    assert rewrite_req.assistant_prefix == draft_req.assistant_prefix == "big first step\n\ngood draft step\n\n"
-    judge_req = backends["big"].batches[1][0]
-    assert judge_req.top_logprobs == 10 and judge_req.temperature == 0.0
-    cand = result.candidates[0]
-    assert cand.text == "big first step\n\ngood draft step\n\nbig fixed step \\boxed{4}"
-    assert result.final_answer == "4"
-    md = cand.metadata
-    assert (md["steps_large_first"], md["steps_drafted"], md["steps_accepted"], md["steps_rewritten"]) == (1, 2, 1, 1)
-    assert md["tokens_drafter"] == len("good draft step") // 4 + len("bad draft step") // 4
-    assert md["tokens_large"] == len("big first step") // 4 + len("big fixed step \\boxed{4}") // 4
-    assert md["tokens_judge"] == 2 and md["acceptance_rate"] == 0.5 and md["finish"] == "answer"
-    assert any(n.startswith("specreason: 3 steps") for n in notes(result))
-
-
-@pytest.mark.parametrize(("mode", "answer"), [("greedy", "1"), ("weighted", "2")])
-def test_specreason_score_mode(mode, answer):
-    def respond(req, i):
-        if is_judge(req):
-            return digit({7: 0.4, 0: 0.35, 1: 0.25})  # greedy 7 (keep), weighted 3.05 (reject)
-        return "draft \\boxed{1}" if req.model == "small" else "large \\boxed{2}"
-
-    router, _, _ = steps_router(respond, models=("small", "big"))
-    (result,) = run(SpecReason(drafter="small", model="big", score_mode=mode), router)
-    assert result.final_answer == answer
-
-
-def test_specreason_batches_queries():
-    def respond(req, i):
-        if is_judge(req):
-            return digit(9)
-        n = req.assistant_prefix.count("\n\n")
-        return "step" if n < 2 else "done \\boxed{1}"
-
-    router, _, log = steps_router(respond, models=("small", "big"))
-    results = run(SpecReason(drafter="small", model="big"), router, queries=["a", "b", "c"])
-    assert all(r.final_answer == "1" for r in results)
-    assert log == [("small", "step", 3), ("big", "judge", 3)] * 3
-    assert [c.requests for c in router.calls] == [3] * 6
+# SpecReason: tests/test_speculative.py
 
 
 # -- particle steering -------------------------------------------------------------------------
@@ -328,96 +268,7 @@ def test_dvts_subtrees_are_independent(diverse):
         assert kept == ["t1x8\n\n", "t1x9\n\n", "t3x5\n\n"]  # the global top 3
 
 
-# -- solve-detect-verify -------------------------------------------------------------------------
-
-def sdv_responder(steps_first, fast, slow=("\\boxed{-1}",), steps_retry=("Fixed: \\boxed{5}",)):
-    def respond(req, i):
-        if req.model == "verifier":
-            if req.assistant_prefix == "\\boxed{":
-                texts = fast(req) if callable(fast) else fast
-                return texts[i % len(texts)]
-            return slow[i % len(slow)]
-        if req.assistant_prefix.endswith("Final answer: \\boxed{"):
-            return "4}"
-        n = req.assistant_prefix.count("\n\n")
-        seq = steps_retry if "Feedback" in user_text(req) else steps_first
-        return seq[min(n, len(seq) - 1)]
-
-    return respond
-
-
-def test_hesitation_triggers_check_and_early_stop():
-    respond = sdv_responder(["Two plus two is 4.", "So the result is 4. Wait, let me check again.", "more"],
-                            fast=["-1}"])
-    router, backends, log = steps_router(respond, score_fn=lambda r: [-0.1, -3.0], models=("solver", "verifier"))
-    (result,) = run(SolveDetectVerify(model="solver", verifier_model="verifier"), router)
-    assert [(m, k) for m, k, _ in log] == [("solver", "step"), ("solver", "step"), ("solver", "score"),
-                                           ("solver", "answer"), ("verifier", "verify_fast")]
-    detect = backends["solver"].score_batches[0][0]
-    assert detect.continuations == (" Yes", " No") and "So the result is 4." in user_text(detect)
-    assert "Wait" not in user_text(detect)
-    cand = result.candidates[0]
-    assert cand.text == "Two plus two is 4.\n\nSo the result is 4.\n\nFinal answer: \\boxed{4}"
-    assert result.final_answer == "4" and cand.scores["verified"] == 1.0
-    assert cand.metadata["early_stop"] and cand.metadata["detect_checks"] == 1
-    fast_req = backends["verifier"].batches[0][0]
-    assert fast_req.n == 4 and fast_req.max_tokens == 6
-    assert "[Paragraph 3] Final answer: \\boxed{4}" in user_text(fast_req)
-
-
-def test_detect_no_continues_solving():
-    respond = sdv_responder(["Two plus two is 4.", "Hmm, is it?", "Yes: \\boxed{4}"], fast=["-1}"])
-    router, _, log = steps_router(respond, score_fn=lambda r: [-3.0, -0.1], models=("solver", "verifier"))
-    (result,) = run(SolveDetectVerify(model="solver", verifier_model="verifier"), router)
-    assert [k for _, k, _ in log] == ["step", "step", "score", "step", "verify_fast"]
-    assert not result.candidates[0].metadata["early_stop"]
-    assert result.candidates[0].text.endswith("Yes: \\boxed{4}")
-
-
-def test_verifier_agreement_path_vs_slow_path():
-    solve = ["Two plus two is 4.", "\\boxed{4}"]
-    router, backends, log = steps_router(sdv_responder(solve, fast=["1}", "-1}", "2}", "-1}"]),
-                                         models=("solver", "verifier"))
-    (result,) = run(SolveDetectVerify(model="solver", verifier_model="verifier", agreement=0.75,
-                                      slow_checks=3, slow_max_tokens=200), router)
-    assert [k for _, k, _ in log] == ["step", "step", "verify_fast", "gen"]
-    slow_req = backends["verifier"].batches[1][0]
-    assert slow_req.n == 3 and slow_req.max_tokens == 200 and slow_req.assistant_prefix == ""
-    md = result.candidates[0].metadata
-    assert md["fast_verdicts"] == [1, -1, 2, -1] and md["verify_mode"] == "slow" and md["verdict"] == -1
-    # agreement reached: no slow check
-    router, _, log = steps_router(sdv_responder(solve, fast=["-1}", "-1}", "-1}", "2}"]),
-                                  models=("solver", "verifier"))
-    (result,) = run(SolveDetectVerify(model="solver", verifier_model="verifier", agreement=0.75), router)
-    assert [k for _, k, _ in log] == ["step", "step", "verify_fast"]
-    assert result.candidates[0].metadata["verify_mode"] == "fast"
-
-
-def test_failed_verification_reprompts_with_feedback():
-    def fast(req):
-        return ["-1}"] if "Fixed" in user_text(req) else ["2}"]
-
-    respond = sdv_responder(["Two plus two is 5.", "\\boxed{5}"], fast=fast, steps_retry=["Fixed: \\boxed{4}"])
-    router, backends, _ = steps_router(respond, models=("solver", "verifier"))
-    (result,) = run(SolveDetectVerify(model="solver", verifier_model="verifier", max_rounds=2), router)
-    retry = [r for b in backends["solver"].batches for r in b if "Feedback" in user_text(r)]
-    assert retry and 'Paragraph 2 contains an error: "\\boxed{5}"' in user_text(retry[0])
-    assert [c.metadata["round"] for c in result.candidates] == [1, 0]  # the verified attempt first
-    assert result.final_answer == "4" and result.candidates[1].scores["verified"] == 0.0
-    # no re-prompts allowed: one attempt, and the trace says it still fails
-    router, _, _ = steps_router(respond, models=("solver", "verifier"))
-    (result,) = run(SolveDetectVerify(model="solver", verifier_model="verifier", max_rounds=0), router)
-    assert len(result.candidates) == 1 and any("still fails" in n for n in notes(result))
-
-
-def test_paragraph_verdict_parsing():
-    assert parse_paragraph_index("3}", 4, forced=True) == 3
-    assert parse_paragraph_index("-1} all good", 4, forced=True) == -1
-    assert parse_paragraph_index("9}", 4, forced=True) is None
-    assert parse_paragraph_index("Paragraph 2 is fine, 3 is wrong. \\boxed{3}", 4) == 3
-    assert parse_paragraph_index("no idea", 4) is None
-    assert majority([2, 2, None, -1]) == (2, 0.5)
-    assert majority([None]) == (None, 0.0)
+# solve-detect-verify: tests/test_solve_detect_verify.py
 
 
 # -- budgets --------------------------------------------------------------------------------------
@@ -433,7 +284,7 @@ def endless(req, i):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: SpecReason(max_steps=8, max_tokens=40),
+    lambda: SpecReason(max_steps=8, max_tokens=40, stop_on_repeat=False),
     lambda: ParticleSteering(particles=2, max_steps=8, max_tokens=40),
     lambda: BeamSearch(beam_width=2, expand=2, max_steps=8, max_tokens=40),
     lambda: SolveDetectVerify(max_steps=8, max_tokens=40, max_rounds=0),
@@ -477,7 +328,7 @@ def test_self_logprob_reward_needs_no_extra_call():
     lambda: SpecReason(max_steps=2, max_tokens=12, threshold=5),
     lambda: ParticleSteering(particles=2, max_steps=2, max_tokens=12, reward="score"),  # the ScoreRequest path
     lambda: BeamSearch(beam_width=2, expand=1, max_steps=2, max_tokens=12),
-    lambda: SolveDetectVerify(max_steps=2, max_tokens=12, fast_checks=2, slow_checks=1, slow_max_tokens=12,
+    lambda: SolveDetectVerify(max_steps=2, max_tokens=12, fast_checks=2, fast_max_tokens=12, slow_max_tokens=12,
                               max_rounds=0, answer_max_tokens=6),
 ], ids=["specreason", "particles", "beam", "sdv"])
 def test_embedded_end_to_end(make, embedded_router):

@@ -89,7 +89,7 @@ def test_best_of_n_with_skipped_scoring_keeps_input_order_and_says_so():
     assert any("skipped" in n for n in notes) and any("kept the input order" in n for n in notes)
 
 
-# -- REBEL rerank ---------------------------------------------------------------------------
+# -- rerank, preset answer_quality (REBEL itself: tests/test_rerank.py) ------------------
 
 def test_parse_criteria_and_combine():
     text = "Reasoning...\nRelevance: 8\n**Correctness**: 3/10\ncompleteness = 5\nClarity: 11"
@@ -120,7 +120,8 @@ def rebel_respond(req, i):
 
 def test_rerank_weights_are_honoured():
     router, backends = scripted_router(rebel_respond)
-    pipe = Pipeline({"g": Generate(samples=2), "r": Rerank(top_k=2)}, {"r": ["g"]}, router=router)
+    pipe = Pipeline({"g": Generate(samples=2), "r": Rerank(preset="answer_quality", top_k=2)}, {"r": ["g"]},
+                    router=router)
     result = pipe.run("q")
     assert [c.text for c in result.candidates] == ["right", "tidy"]  # correctness weighs 2 by default
     right = result.candidates[0].scores
@@ -128,7 +129,8 @@ def test_rerank_weights_are_honoured():
     assert right["criteria.correctness"] == 10
     assert len(backends["embedded"].batches[1]) == 2  # one scoring call per candidate, one batch
     flipped = [Criterion(name="correctness", weight=1), Criterion(name="clarity", weight=5)]
-    pipe = Pipeline({"g": Generate(samples=2), "r": Rerank(top_k=1, criteria=flipped)}, {"r": ["g"]}, router=router)
+    pipe = Pipeline({"g": Generate(samples=2), "r": Rerank(preset="answer_quality", top_k=1, criteria=flipped)},
+                    {"r": ["g"]}, router=router)
     result = pipe.run("q")
     assert [c.text for c in result.candidates] == ["tidy"]
     assert result.candidates[0].scores["criteria"] == pytest.approx((2 + 50) / 6 / 10)
@@ -137,8 +139,8 @@ def test_rerank_weights_are_honoured():
 
 def test_rerank_two_turn_uses_the_proposed_criteria():
     router, backends = scripted_router(rebel_respond)
-    pipe = Pipeline({"g": Generate(samples=2), "r": Rerank(mode="two_turn", top_k=None)}, {"r": ["g"]},
-                    router=router)
+    pipe = Pipeline({"g": Generate(samples=2), "r": Rerank(preset="answer_quality", mode="two_turn", top_k=None)},
+                    {"r": ["g"]}, router=router)
     result = pipe.run("q")
     assert [c.text for c in result.candidates] == ["tidy", "right"]  # clarity (4) now dominates
     batches = backends["embedded"].batches
@@ -156,7 +158,8 @@ def test_rerank_unparsable_reply_is_ranked_last_with_a_note():
         return ["tidy", "right"][i]
 
     router, _ = scripted_router(respond)
-    result = Pipeline({"g": Generate(samples=2), "r": Rerank(top_k=None)}, {"r": ["g"]}, router=router).run("q")
+    result = Pipeline({"g": Generate(samples=2), "r": Rerank(preset="answer_quality", top_k=None)}, {"r": ["g"]},
+                      router=router).run("q")
     assert [c.text for c in result.candidates] == ["right", "tidy"]
     assert "criteria" not in result.candidates[1].scores
     assert any("candidate 1: no score for" in n for n in trace(result, "r").notes)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_serializer, field_validator
 
 from archon import prompts
 from archon.backends.types import (
@@ -368,11 +368,15 @@ def parse_score_list(text: str, count: int, low: float = 1, high: float = 10) ->
 class GenerativeRewardScorer(ScorerBase):
     """DeepSeek-GRM (Liu et al. 2025, "Inference-Time Scaling for Generalist Reward
     Modeling"): the judge writes principles, critiques the responses against them and
-    scores each 1-10, all in one generation; ``samples`` such generations are drawn in
-    parallel and aggregated. ``sum`` is the paper's voting (scores summed over the valid
-    samples, finer-grained than one sample); ``mean`` averages; ``majority`` counts how
-    often each candidate gets the top score. Responses are judged together in groups of
-    ``group_size``; a sample whose score list is incomplete is discarded.
+    scores each 1-10, all in one generation; ``samples`` (k) such judgments are drawn in
+    parallel and voted on (``archon.verifiers.grm``): ``sum`` is the paper's (scores summed
+    over the judgments), ``mean`` averages, ``majority`` counts top scores.
+
+    All responses are judged together in one prompt, as in the paper (``group_size``: at most
+    that many per prompt; each group's sum is then put on the scale of k judgments so totals
+    compare across groups). ``meta_rm`` (any scorer, e.g. a reward model or an LLM judge) rates
+    each judgment, shown with the question and responses, and only the ``k_meta`` best vote:
+    the paper's meta-RM guided voting. A judgment without a complete score list is discarded.
     """
 
     key: ClassVar[str] = "grm"
@@ -381,40 +385,76 @@ class GenerativeRewardScorer(ScorerBase):
     samples: int = Field(4, ge=1, le=64, description="k: parallel judgments (inference-time scaling of the RM)")
     aggregate: Literal["sum", "mean", "majority"] = Field("sum", description="how the k judgments combine")
     principles: list[str] | None = Field(None, description="fixed principles (default: the judge writes its own)")
-    group_size: int = Field(4, ge=1, le=16, description="responses judged together in one prompt")
+    group_size: int | None = Field(None, ge=1, le=64, description="most responses per prompt (default: all)")
     scale_max: int = Field(10, ge=2, le=100, description="each judgment scores 1 to scale_max")
+    meta_rm: Any = Field(None, description="a scorer rating each judgment (meta-RM guided voting)")
+    k_meta: int | None = Field(None, ge=1, description="judgments kept by the meta-RM (default: half of k)")
+    meta_template: str | None = Field(None, description="jinja2 file overriding judge_grm_meta.j2")
+
+    @field_validator("meta_rm", mode="before")
+    @classmethod
+    def _make_meta(cls, value: Any) -> Any:
+        return None if value is None else make_scorer(value)
+
+    @field_serializer("meta_rm")
+    def _dump_meta(self, value: Any) -> Any:
+        return None if value is None else scorer_spec(value)
+
+    def models(self, default: str) -> list[str]:
+        own = [self.model or default]
+        return list(dict.fromkeys(own + (list(self.meta_rm.models(default)) if self.meta_rm is not None else [])))
+
+    def kept_count(self) -> int:
+        return self.k_meta or max(1, math.ceil(self.samples / 2))
 
     def score(self, question: str, candidates: list[str], ctx: ScoreContext | None = None) -> ScoreProgram:
+        from archon.verifiers.grm import Judgment, keep_by_meta, vote
+
         ctx = ctx or ScoreContext()
         if not candidates:
             return []
-        groups = [list(range(s, min(s + self.group_size, len(candidates))))
-                  for s in range(0, len(candidates), self.group_size)]
+        size = self.group_size or len(candidates)
+        groups = [list(range(s, min(s + size, len(candidates)))) for s in range(0, len(candidates), size)]
         requests = [self._request(ctx, prompts.render("judge_grm.j2", self.prompt_template, question=question,
                                                       responses=[candidates[i] for i in g],
                                                       principles=self.principles, scale_max=self.scale_max),
                                   n=self.samples)
                     for g in groups]
         results = yield list(requests)
-        out = [NAN] * len(candidates)
+        judged: list[list[Judgment]] = []
         for g, res in zip(groups, results, strict=True):
             samples = _samples(res)
             if not samples:
                 ctx.note(f"grm: candidates {g[0] + 1}-{g[-1] + 1} not scored (call skipped)")
-                continue
-            valid = [v for v in (parse_score_list(s.text, len(g), 1, self.scale_max) for s in samples)
-                     if v is not None]
-            if len(valid) < len(samples):
-                ctx.note(f"grm: {len(samples) - len(valid)} of {len(samples)} judgments had no complete score list")
-            if not valid:
-                continue
-            for pos, i in enumerate(g):
-                if self.aggregate == "sum":
-                    out[i] = sum(v[pos] for v in valid)
-                elif self.aggregate == "mean":
-                    out[i] = _mean([v[pos] for v in valid])
-                else:
-                    out[i] = sum(1.0 for v in valid if v[pos] == max(v)) / len(valid)
+            judgments = []
+            for s in samples:
+                values = parse_score_list(s.text, len(g), 1, self.scale_max)
+                judgments.append(Judgment(s.text, tuple(values) if values is not None else None))
+            bad = sum(j.scores is None for j in judgments)
+            if bad:
+                ctx.note(f"grm: {bad} of {len(judgments)} judgments had no complete score list")
+            judged.append(judgments)
+        metas: list[list[float] | None] = [None] * len(groups)
+        if self.meta_rm is not None:
+            texts, where = [], []
+            for gi, (g, judgments) in enumerate(zip(groups, judged, strict=True)):
+                for ji, j in enumerate(judgments):
+                    if j.scores is not None:
+                        texts.append(prompts.render("judge_grm_meta.j2", self.meta_template, question=question,
+                                                    responses=[candidates[i] for i in g], judgment=j.text))
+                        where.append((gi, ji))
+            meta_values = (yield from self.meta_rm.score(question, texts, ctx)) if texts else []
+            for gi, judgments in enumerate(judged):
+                metas[gi] = [NAN] * len(judgments)
+            for (gi, ji), value in zip(where, meta_values, strict=True):
+                metas[gi][ji] = value  # type: ignore[index]
+        k_meta = self.kept_count() if self.meta_rm is not None else None
+        keeps = [keep_by_meta(judgments, metas[gi], k_meta) for gi, judgments in enumerate(judged)]
+        nominal = max((len(k) for k in keeps), default=0)  # one group: the plain sum
+        out = [NAN] * len(candidates)
+        for g, judgments, keep in zip(groups, judged, keeps, strict=True):
+            for pos, value in enumerate(vote(judgments, len(g), nominal, keep, self.aggregate)):
+                out[g[pos]] = value
         return out
 
 

@@ -239,6 +239,8 @@ class OpenAIBackend:
 
     async def _sample_chunk(self, r: GenerationRequest, first: int, size: int) -> tuple[list[Sample], Usage]:
         kwargs: dict[str, Any] = {"temperature": r.temperature, "top_p": r.top_p, "max_tokens": r.max_tokens}
+        if not self.spec.sampling:  # e.g. o1 models reject these (Archon sends neither)
+            kwargs = {}
         if size > 1:
             kwargs["n"] = size  # omitted for one: some servers reject `n` altogether
         if r.stop:

@@ -28,6 +28,8 @@ class ModelSpec(BaseModel):
     api_model: str | None = Field(None, description="model name the server knows, if not the archon name")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     parameters: float | None = Field(None, description="parameter count, for FLOPs = 2 x parameters x tokens")
+    sampling: bool = Field(True, description="send temperature, top_p and max_tokens (openai); off for "
+                                             "models that reject them, such as OpenAI's o1")
     chat_format: Literal["gemma", "server"] | None = Field(
         None, description="how chat messages become a prompt for llama_cpp models without a template")
     dtype: str = "auto"

@@ -50,6 +50,10 @@ EMBEDDED = "embedded"
 UNIT_TEST_TECHNIQUE = "nl_unit_tests"
 UNIT_TEST_SCORE = "nl_tests_passed"  # the score nl_unit_tests writes (its `key`)
 ARCHON_SYSTEM = "You are a helpful assistant"  # what Archon puts before a plain-text query
+ARCHON_ANTHROPIC_MAX_TOKENS = 4096  # Archon's Anthropic call overrides every component's max_tokens with this
+# OpenAI models Archon calls without temperature/max_tokens; the rest of the o1 family rejects them too.
+ARCHON_O1_MODELS = ("o1-preview-2024-09-12", "o1-mini-2024-09-12")
+_O1_FAMILY = re.compile(r"^o1(?:-|$)")
 
 # Archon's per-role system prompts (its generators use the conversation's own).
 ROLE_SYSTEM = {
@@ -413,6 +417,15 @@ class _Converter:
             spec["base_url"] = base_url
             if provider.api_key_env:
                 spec["api_key_env"] = provider.api_key_env
+            if model_type == "OpenAI_API" and _O1_FAMILY.match(name):
+                spec["sampling"] = False
+                if name in ARCHON_O1_MODELS:
+                    self.note(li, ci, f"{name}: sent without temperature and max_tokens, as Archon sends it "
+                                      "(`sampling: false` in its model spec)", "info", ctype)
+                else:
+                    self.note(li, ci, f"{name}: an o1 model, sent without temperature and max_tokens "
+                                      "(`sampling: false`), which it rejects; Archon sends them to every OpenAI "
+                                      "model but its two dated o1 names", ctype=ctype)
         if model_type != "vLLM" and api_model != label:
             spec["api_model"] = api_model
         if label in self.models and self.models[label] != spec:
@@ -486,6 +499,12 @@ class _Converter:
         max_tokens = self._number(comp, "max_tokens", li, ci, 2048, integer=True)
         if max_tokens < 1:
             raise self.error(f"max_tokens must be >= 1, got {max_tokens}", li, ci)
+        if comp.get("model_type") == "Anthropic_API" and params["model"] != EMBEDDED \
+                and max_tokens != ARCHON_ANTHROPIC_MAX_TOKENS:
+            self.note(li, ci, f"Anthropic model: `max_tokens: {max_tokens}` replaced by "
+                              f"{ARCHON_ANTHROPIC_MAX_TOKENS}, the fixed value Archon's Anthropic call sends",
+                      "info", ctype)
+            max_tokens = ARCHON_ANTHROPIC_MAX_TOKENS
         params["max_tokens"] = max_tokens
         if comp.get("no_system"):
             params["system"] = ""
@@ -587,10 +606,14 @@ class _Converter:
                         raise self.error("critic has no candidates to critique: no earlier layer or component "
                                          "writes any (Archon fails here too)", li, ci)
                     params = self.sampling(comp, li, ci)
+                    params["mode"] = "comparative"
                     node = self.add(_Node(self.new_id(li, "critique"), "critique", params, list(target), li, ci,
                                           count=_total(target), critiqued=True, score=_common(target, "score")))
-                    node.comment = f"layer {li}, component {ci}: critic ({comp['model']}), one critique attached " \
-                                   "to each candidate"
+                    node.comment = f"layer {li}, component {ci}: critic ({comp['model']}), judges all candidates " \
+                                   "in one comparative call; each critique stays attached to its candidate"
+                    self.note(li, ci, "a reply that does not split into one critique per candidate is asked again "
+                                      "at most twice, then the candidates go on without critiques; Archon retries "
+                                      "10 times, then fails", "info", ctype)
                     if writers:
                         self.note(li, ci, "critic after candidate-writing components of the same layer: it "
                                           "critiques their candidates (a chain); Archon's critic would critique the "
@@ -704,6 +727,8 @@ class _Converter:
                               "shows those critiques; Archon's ranker reads the previous layer's state and would not "
                               "see them", ctype=ctype)
         params.update(top_k=top_k, use_critiques=bool(use_critiques), max_retries=0)
+        if comp["model"] != PAIRRM:
+            params["parse"] = "archon"  # the first line's [i]; unranked candidates follow in input order
         count = _total(src)
         node = self.add(_Node(self.new_id(li, "rank"), "rank", params, list(src), li, ci,
                               count=min(top_k, count) if count is not None else top_k, critiqued=critiqued,
@@ -737,9 +762,13 @@ class _Converter:
         if samples < 1:
             raise self.error(f"samples must be >= 1, got {samples}", li, ci)
         params["samples"] = samples
-        if comp.get("length_control"):
-            params["length_control"] = True
         critiqued = bool(_common(src, "critiqued"))
+        if comp.get("length_control"):
+            if critiqued:
+                params["length_control"] = True
+            else:
+                self.note(li, ci, "`length_control` left off: Archon's fuser prompt applies it only to critiqued "
+                                  "candidates, and these carry no critiques", "info", "fuser")
         if archon.misaligned:
             self._misaligned_note(li, ci, "fuser", critiqued)
         if layer_critic is not None:
@@ -757,6 +786,7 @@ class _Converter:
                              "too)", li, ci)
         params = self.sampling(comp, li, ci)
         params["fallback"] = "all"
+        params["mode"] = "reason_then_verdict"
         critiqued = bool(_common(src, "critiqued"))
         if archon.misaligned:
             self.note(li, ci, "Archon's verifier asserts as many critiques as candidates here and would fail or "
@@ -767,8 +797,9 @@ class _Converter:
                               critiqued=critiqued, score="verified"))
         node.comment = f"layer {li}, component {ci}: verifier ({comp['model']}), keeps the accepted candidates " \
                        "(all of them if none passes, as Archon)"
-        self.note(li, ci, "Archon's verifier asks for reasoning, then a [Correct]/[Incorrect] verdict (two calls); "
-                          "archon's `verify` reasons and decides in one call", "info", "verifier")
+        self.note(li, ci, "two calls per candidate as in Archon (reasoning, then a [Correct]/[Incorrect] "
+                          "verdict); a verdict still unreadable after 2 re-asks rejects the candidate, where Archon "
+                          "(after 10) drops it from the next layer", "info", "verifier")
         first_k = self._number(comp, "first_k", li, ci, None, integer=True, required=False)
         if first_k:
             if first_k == 1:

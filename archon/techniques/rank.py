@@ -3,11 +3,18 @@
 Parsing is lenient (``[2] > [1]``, ``2, 1, 3``, ``Response 2``) and bounded: a reply
 with no usable ranking is asked again at most ``max_retries`` times with a new seed,
 then the input order is kept and the trace says so. No blind paid loops.
+
+``parse: archon`` reads a reply as Archon's ranker does (ScalingIntelligence/Archon
+``Ranker.py``): only its first line, only bracketed identifiers ``[i]``. In both modes an
+identifier named twice counts where it first appears, out-of-range ones are ignored, and
+candidates the reply leaves out follow the ranked ones in their input order: Archon's
+tie-breaking, so equal (unranked) candidates keep the order they came in.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field
 
@@ -22,12 +29,17 @@ class RankParams(TechniqueParams):
     top_k: int = Field(3, ge=1, description="how many candidates to keep")
     use_critiques: bool = Field(True, description="show critiques attached by an earlier critique node")
     max_retries: int = Field(2, ge=0, le=5, description="re-asks when no ranking can be parsed")
+    parse: Literal["lenient", "archon"] = Field(
+        "lenient", description="lenient: identifiers anywhere in the reply; archon: bracketed ones on its first line")
 
 
-def parse_ranking(text: str, count: int) -> list[int]:
+def parse_ranking(text: str, count: int, mode: str = "lenient") -> list[int]:
     """Zero-based candidate indices in the order the text ranks them (distinct, in range)."""
-    bracketed = re.findall(r"\[(\d+)\]", text)
-    raw = bracketed if bracketed else [next(g for g in m.groups() if g) for m in _ID.finditer(text)]
+    if mode == "archon":
+        raw = re.findall(r"\[(\d+)\]", text.partition("\n")[0])
+    else:
+        bracketed = re.findall(r"\[(\d+)\]", text)
+        raw = bracketed if bracketed else [next(g for g in m.groups() if g) for m in _ID.finditer(text)]
     seen: list[int] = []
     for token in raw:
         idx = int(token) - 1
@@ -57,7 +69,7 @@ class Rank(Technique):
             if text is None:
                 ctx.note("ranking skipped (budget)")
                 break
-            order = parse_ranking(text, len(inputs))
+            order = parse_ranking(text, len(inputs), self.params.parse)
             if order:
                 break
             ctx.note(f"attempt {attempt + 1}: no ranking in reply {text[:80]!r}")

@@ -10,8 +10,8 @@ from archon.data import Candidate
 from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams
 from archon.techniques.vote import tally
 
-PREFERRED_SCORES = ("reward", "judge", "grm", "pairwise", "tests_passed", "nl_tests_passed", "criteria", "verified",
-                    "rank_score", "votes", "logprob", "mean_logprob")
+PREFERRED_SCORES = ("reward", "judge", "grm", "pairwise", "tests_passed", "nl_tests_passed", "rebel", "criteria",
+                    "verified", "rank_score", "votes", "logprob", "mean_logprob")
 
 
 class SelectParams(TechniqueParams):

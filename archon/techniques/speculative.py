@@ -1,45 +1,106 @@
 """SpecReason: speculative reasoning with a small drafter and a large judge (Pan et al. 2025,
-"SpecReason: Fast and Accurate Inference-Time Compute via Speculative Reasoning").
+"SpecReason: Fast and Accurate Inference-Time Compute via Speculative Reasoning"; reference
+code ruipeterpan/specreason ``spec_reason.py``).
 
-Reasoning is a sequence of steps (``archon.techniques.steps``). For each step:
+Reasoning is a sequence of steps (``archon.techniques.steps``), ended by ``"\\n\\n"``. For
+each step:
 
-1. the small ``drafter`` writes the next step, continuing the trace;
-2. the large ``model`` rates the drafted step 0-9 from ONE constrained token (greedy digit
-   or probability-weighted mean digit over the top-10 log-probs, ``score_mode``), prompt
-   ``specreason_judge.j2``;
-3. a score >= ``threshold`` keeps the draft; otherwise the large model writes the step
+1. the small ``drafter`` writes the next step, continuing the trace (temperature 0.6,
+   top_p 0.95, at most 512 tokens: the reference's sampling);
+2. the large ``model`` judges the drafted step. As in the reference, the judge reads the
+   trace *including the draft* as its own earlier assistant turn, so an engine with a prefix
+   cache reuses the trace's KV cache (the source of the paper's latency gain); then a user
+   turn (``specreason_judge.j2``) asks it to score the last step 0-9 solely on factual
+   correctness and logical validity, and its answer continues "I think the quality score
+   is: " for ONE token, greedy, with the top 10 log-probs;
+3. ``score_mode: greedy`` (the reference's default) takes that token: a digit is the score,
+   anything else scores 0 (a rejection). ``weighted`` (the reference's ``average``) is the
+   probability-weighted mean over the digit tokens among the top 10, renormalised;
+4. a score >= ``threshold`` (7) keeps the draft; otherwise the large model writes the step
    itself from the same prefix.
 
-The first ``first_n_large`` steps are written by the large model directly (no draft, no
-judgement). A draft that comes back empty (the drafter wants to stop) is handed to the large
-model without a judgement. A judgement skipped for the budget keeps the draft (noted); an
-unreadable one (no digit among the top tokens) counts as a rejection.
+A trace ends at a final answer, when its kept steps reach ``max_total_tokens`` (8192 in the
+reference, counting each kept step's tokens once), when the last two of three or more steps
+are identical (the reference's repetition guard), or at ``max_steps`` (no cap by default).
+
+Departures, all parameters (defaults are the reference's unless said): ``first_n_large``
+(the first n steps written by the large model, default 0 as in the reference);
+``think_prefix`` (the reference prepends ``<think>`` to the assistant turn for its R1/QwQ
+models; default "" because it is model-specific); a draft that comes back empty (the drafter
+wants to stop) goes to the large model without a judgement (the reference judges it); a
+judgement skipped for the budget keeps the draft (noted).
 
 Every round holds one request per query, so the engine sends one backend request per model
-per round for the whole batch (drafts of all queries together, then all judgements, then all
-rewrites). Per query the output candidate's ``metadata`` records steps drafted, accepted,
-rewritten, written first by the large model, and completion tokens by each model.
+per round for the whole batch. Per query the output candidate's ``metadata`` records steps
+drafted, accepted, rewritten, written first by the large model, completion tokens by each
+model, and every judge score.
 """
 
 from __future__ import annotations
 
+import math
+import sys
+from dataclasses import replace
+from typing import Literal
+
 from pydantic import Field
 
 from archon import prompts
+from archon.backends.types import GenerationRequest, Message, Sample
 from archon.data import Candidate
 from archon.techniques.base import Defaults, NodeContext, Program
-from archon.techniques.steps import StepParams, StepTechnique, Trace, digit_score, first_sample
+from archon.techniques.steps import StepParams, StepTechnique, Trace, first_sample
 from archon.verifiers.answers import extract_final_answer
+
+SCORE_PREFIX = "I think the quality score is: "
 
 
 class SpecReasonParams(StepParams):
     drafter: str | None = Field(None, description="the small model that drafts steps (default: the node's model)")
-    threshold: int = Field(7, ge=0, le=9, description="a draft scored >= threshold (0-9) by the large model is kept")
-    score_mode: str = Field("greedy", pattern="^(greedy|weighted)$",
-                            description="greedy digit, or probability-weighted mean over digit tokens")
+    threshold: float = Field(7.0, ge=0.0, le=9.0, description="a draft scored >= threshold (0-9) is kept")
+    score_mode: Literal["greedy", "weighted", "average"] = Field(
+        "greedy", description="greedy: the judge's token (a non-digit scores 0); weighted (alias average): "
+                              "probability-weighted mean over the digit tokens among the top 10")
     first_n_large: int = Field(0, ge=0, description="the first n steps are written by the large model")
+    think_prefix: str = Field("", description="text opening every assistant turn (the reference uses '<think>' "
+                                              "for R1-style models)")
+    stop_on_repeat: bool = Field(True, description="end the trace when its last two (of 3+) steps are identical")
     judge_template: str | None = Field(None, description="jinja2 file overriding specreason_judge.j2 "
                                                          "(variables: question, previous, step)")
+    # the reference's sampling and budget
+    temperature: float | None = Field(0.6, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(512, ge=1, description="most tokens in one step")
+    max_steps: int | None = Field(  # type: ignore[assignment]
+        None, ge=1, description="most steps in one trace (null: no cap)")
+    max_total_tokens: int | None = Field(8192, ge=1, description="most completion tokens in one trace")
+
+
+def judge_score(sample: Sample | None, mode: str) -> float | None:
+    """The reference's reading of the one-token judgement; None when there is no judgement.
+
+    ``greedy``: the chosen token if it is a digit, else 0. ``weighted``/``average``: the
+    digit tokens among the top log-probs, renormalised, their probability-weighted mean
+    (0 when none is a digit: the draft is rejected, as greedy does).
+    """
+    if sample is None:
+        return None
+    if not sample.logprobs:
+        token = sample.text.strip()
+        return float(token) if len(token) == 1 and token.isdigit() else 0.0
+    first = sample.logprobs[0]
+    if mode == "greedy":
+        token = first.token.strip()
+        return float(token) if len(token) == 1 and token.isdigit() else 0.0
+    top = dict(first.top)
+    top.setdefault(first.token, first.logprob)
+    probs: dict[int, float] = {}
+    for piece, lp in top.items():
+        s = piece.strip()
+        if len(s) == 1 and s.isdigit():
+            probs[int(s)] = probs.get(int(s), 0.0) + math.exp(lp)
+    total = sum(probs.values())
+    return sum(d * p for d, p in probs.items()) / total if total > 0 else 0.0
 
 
 class SpecReason(StepTechnique):
@@ -57,9 +118,36 @@ class SpecReason(StepTechnique):
     def large(self, defaults: Defaults) -> str:
         return self.params.model or defaults.model
 
-    def judge_prompt(self, ctx: NodeContext, trace: Trace, step: str) -> str:
-        return prompts.render("specreason_judge.j2", self.params.judge_template, question=ctx.query.question_text(),
-                              previous=trace.text, step=step.strip())
+    def new_trace(self) -> Trace:
+        return Trace(delimiter=self.params.delimiter)
+
+    def extend(self, trace: Trace, sample: Sample | None) -> Trace:
+        new = trace.extend(sample, self.params.max_steps or sys.maxsize, self.params.max_total_tokens)
+        repeated = len(new) > 2 and new.steps[-1].strip() == new.steps[-2].strip()
+        if self.params.stop_on_repeat and not new.done and repeated:
+            new = new.stopped("repeated")
+        return new
+
+    def step_request(self, ctx: NodeContext, trace: Trace, *, user: str | None = None, model: str | None = None,
+                     n: int = 1, seed_offset: int = 0, logprobs: bool = False,
+                     temperature: float | None = None) -> GenerationRequest:
+        request = super().step_request(ctx, trace, user=user, model=model, n=n, seed_offset=seed_offset,
+                                       logprobs=logprobs, temperature=temperature)
+        if not self.params.think_prefix:
+            return request
+        return replace(request, assistant_prefix=self.params.think_prefix + request.assistant_prefix)
+
+    def judge_request(self, ctx: NodeContext, trace: Trace, draft: Sample, model: str) -> GenerationRequest:
+        """The trace with the draft as the judge's own assistant turn, then the scoring question."""
+        p = self.params
+        question = ctx.query.question_text()
+        reasoning = p.think_prefix + trace.prefix + draft.text + p.delimiter
+        instruction = prompts.render("specreason_judge.j2", p.judge_template, question=question,
+                                     previous=trace.text, step=draft.text.strip())
+        history = (*self.messages(ctx, self.solve_prompt(ctx)), Message("assistant", reasoning),
+                   Message("user", instruction))
+        return self.request(ctx, "", model=model, temperature=0.0, max_tokens=1, logprobs=True, top_logprobs=10,
+                            assistant_prefix=p.think_prefix + SCORE_PREFIX, history=history)
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         p = self.params
@@ -88,7 +176,7 @@ class SpecReason(StepTechnique):
             stats["tokens_drafter"] += draft.completion_tokens
             accept = False
             if draft.text.strip():
-                (judged,) = yield [self.judge_digit_request(ctx, self.judge_prompt(ctx, trace, draft.text), large)]
+                (judged,) = yield [self.judge_request(ctx, trace, draft, large)]
                 verdict = first_sample(judged)
                 if verdict is None:
                     ctx.note(f"step {step_no + 1}: judgement skipped (budget); kept the draft")
@@ -96,7 +184,7 @@ class SpecReason(StepTechnique):
                     judge_scores.append(None)
                 else:
                     stats["tokens_judge"] += verdict.completion_tokens
-                    score = digit_score(verdict, p.score_mode)
+                    score = judge_score(verdict, p.score_mode)
                     judge_scores.append(score)
                     accept = score is not None and score >= p.threshold
             if accept:
@@ -137,4 +225,4 @@ class SpecReason(StepTechnique):
                           metadata=metadata)]
 
 
-__all__ = ["SpecReason", "SpecReasonParams"]
+__all__ = ["SCORE_PREFIX", "SpecReason", "SpecReasonParams", "judge_score"]
