@@ -88,6 +88,8 @@ class ArchonServer:
             raise ValueError("create_app needs at least one pipeline")
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if api_key is not None and not api_key:
+            raise ValueError("api_key is empty: pass None to serve without a key")
         self.pipelines = dict(pipelines)
         self._api_key = api_key
         self.max_queue = max_queue
