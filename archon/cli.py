@@ -8,26 +8,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from archon.errors import ArchonError, BackendError, ConfigError
+from archon.commands.console import err, fail, out
+from archon.errors import ArchonError, ConfigError
 
 app = typer.Typer(help="archon: inference-time scaling pipelines.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-err = Console(stderr=True)
-out = Console()
-
-
-def _fail(exc: ArchonError) -> typer.Exit:
-    kind = "config error" if isinstance(exc, ConfigError) else (
-        "backend error" if isinstance(exc, BackendError) else "error")
-    err.print(f"[bold red]{kind}:[/] {exc}", highlight=False, markup=True)
-    return typer.Exit(2 if isinstance(exc, ConfigError) else 3)
+_fail = fail  # every command prints errors through archon.commands.console
 
 
 def _load(config: Path, model: str | None, no_cache: bool, cache: Path | None):  # type: ignore[no-untyped-def]
@@ -73,7 +66,7 @@ def run(
                               f"{int(u['calls'])} calls, {int(u['cache_hits'])} cache hits, "
                               f"{result.latency_s:.1f}s[/]")
                 if result.error:
-                    err.print(f"[red]{result.error}[/]")
+                    err.print(f"[red]{escape(result.error)}[/]")
                 return
             assert input_file is not None
             _run_file(pipe, input_file, output, batch_size, as_json)
@@ -97,10 +90,10 @@ def _run_file(pipe, input_file: Path, output: Path | None, batch_size: int, as_j
     done = finished_ids(output) if output else set()
     todo = [q for q in queries if q.id not in done]
     if done:
-        err.print(f"resuming: {len(queries) - len(todo)} of {len(queries)} already in {output}")
+        err.print(f"resuming: {len(queries) - len(todo)} of {len(queries)} already in {escape(str(output))}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as progress:
-        task = progress.add_task(pipe.name, total=len(queries), completed=len(queries) - len(todo))
+        task = progress.add_task(escape(pipe.name), total=len(queries), completed=len(queries) - len(todo))
         for start in range(0, len(todo), max(1, batch_size)):
             chunk = todo[start:start + batch_size]
             results = pipe.run_batch(chunk)
@@ -126,8 +119,8 @@ def validate(config: Annotated[Path, typer.Argument(help="pipeline YAML")]) -> N
     except ArchonError as exc:
         raise _fail(exc) from None
     levels = pipe.graph.levels()
-    out.print(f"[green]ok[/] {config}: {len(pipe.graph.nodes)} nodes in {len(levels)} levels, "
-              f"output `{pipe.graph.output}`, models: {', '.join(pipe.models()) or '-'}")
+    out.print(f"[green]ok[/] {escape(str(config))}: {len(pipe.graph.nodes)} nodes in {len(levels)} levels, "
+              f"output `{escape(str(pipe.graph.output))}`, models: {escape(', '.join(pipe.models()) or '-')}")
 
 
 @app.command()
@@ -157,11 +150,11 @@ def show(
                 lines.append(f"  L{i}  {node} [{tech.name}]  <- {src}" + (f"  ({params})" if params else "") + mark)
         text = "\n".join(lines)
     else:
-        err.print(f"[red]unknown format {format!r}; use text, mermaid or dot[/]")
+        err.print(f"[red]unknown format {escape(repr(format))}; use text, mermaid or dot[/]")
         raise typer.Exit(2)
     if output:
         output.write_text(text + "\n")
-        err.print(f"wrote {output}")
+        err.print(f"wrote {escape(str(output))}")
     else:
         print(text)
 
@@ -181,7 +174,8 @@ def models_list(config: Annotated[Path | None, typer.Argument(help="pipeline YAM
     for name in registry.names():
         spec = registry.get(name)
         where = spec.path or ", ".join(spec.base_urls()) or ("bundled Gemma 3 270M" if name == "embedded" else "-")
-        table.add_row(name, spec.backend, where, f"{spec.parameters:,.0f}" if spec.parameters else "-")
+        table.add_row(escape(name), spec.backend, escape(where),
+                      f"{spec.parameters:,.0f}" if spec.parameters else "-")
     out.print(table)
 
 
@@ -197,7 +191,7 @@ def models_convert(
         path = convert_gguf_to_hf(src, dest)
     except ArchonError as exc:
         raise _fail(exc) from None
-    out.print(f"[green]wrote[/] {path}")
+    out.print(f"[green]wrote[/] {escape(str(path))}")
 
 
 from archon.commands.evaluate import eval_command  # noqa: E402

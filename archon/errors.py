@@ -24,15 +24,21 @@ class ConfigError(ArchonError):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """One message; every part is cut to a bounded length (a value quoted from a hostile
+        file must not turn into megabytes of error text)."""
         where = ""
         if self.file:
             where = self.file + (f":{self.line}" if self.line else "")
         if self.path:
             where = f"{where} at `{self.path}`" if where else f"at `{self.path}`"
-        text = f"{where}: {self.message}" if where else self.message
+        text = f"{where}: {_cut(self.message)}" if where else _cut(self.message)
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {_cut(self.hint)}"
         return text
+
+
+def _cut(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit:,} more characters)"
 
 
 class BackendError(ArchonError):

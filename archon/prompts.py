@@ -48,5 +48,17 @@ def render(name: str, override: str | None = None, **variables: Any) -> str:
                           hint=f"variables available: {', '.join(sorted(variables))}") from None
 
 
+@lru_cache(maxsize=64)
+def template_tokens(name: str | None) -> int:
+    """Rough token count of a packaged template's fixed text (4 characters a token), for cost
+    estimates; 0 for no template."""
+    if not name:
+        return 0
+    try:
+        return len((_PACKAGE_DIR / name).read_text()) // 4
+    except OSError:
+        return 60
+
+
 def available() -> list[str]:
     return sorted(p.name for p in _PACKAGE_DIR.glob("*.j2"))

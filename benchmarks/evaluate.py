@@ -51,7 +51,7 @@ from archon.benchmarks.graders import QueryGrade, mean_interval, wilson_interval
 from archon.benchmarks.registry import Benchmark, get_benchmark
 from archon.data import ChatMessage, Query, QueryResult
 from archon.errors import ConfigError
-from archon.results_io import append_jsonl, read_jsonl
+from archon.results_io import append_jsonl, lock_run_dir, read_json_file, read_jsonl
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -377,9 +377,10 @@ def evaluate(
         ids = [it.id for it in selected]
         if len(set(ids)) != len(ids):
             raise ConfigError("benchmark items have duplicate ids")
-        return _evaluate(pipe, bench, Path(out_dir), selected, split=split, limit=limit, seed=seed,
-                         custom_items=items is not None, batch_size=batch_size, progress=progress,
-                         pipeline_meta=pipeline_meta or {})
+        with lock_run_dir(out_dir):
+            return _evaluate(pipe, bench, Path(out_dir), selected, split=split, limit=limit, seed=seed,
+                             custom_items=items is not None, batch_size=batch_size, progress=progress,
+                             pipeline_meta=pipeline_meta or {})
     finally:
         if own:
             pipe.close()
@@ -419,7 +420,7 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
         "sessions": [],
     }
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = read_json_file(manifest_path, what=RUN_FILE)
         _check_resume(old, manifest, run_dir)
         manifest["created_at"] = old.get("created_at", manifest["created_at"])
         manifest["sessions"] = old.get("sessions", [])
@@ -471,7 +472,7 @@ def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSumm
     if not manifest_path.is_file():
         raise ConfigError(f"{run_dir} is not an evaluation run (no {RUN_FILE})",
                           hint="give directories written by `archon eval --out DIR`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json_file(manifest_path, what=RUN_FILE)
     rows_by_id: dict[str, dict[str, Any]] = {}
     for row in read_jsonl(run_dir / RESULTS_FILE):
         if "id" in row:
@@ -543,7 +544,7 @@ def load_summary(run_dir: str | Path) -> EvalSummary:
     path = run_dir / SUMMARY_FILE
     results = run_dir / RESULTS_FILE
     if path.is_file() and (not results.exists() or path.stat().st_mtime >= results.stat().st_mtime):
-        data = json.loads(path.read_text())
+        data = read_json_file(path, what=SUMMARY_FILE)
         data["run_dir"] = str(run_dir)
         return EvalSummary.model_validate(data)
     return summarize(run_dir)

@@ -243,14 +243,15 @@ def render_json(groups: Sequence[Group]) -> str:
 
 
 def rich_tables(groups: Sequence[Group]) -> list[Any]:
+    from rich.markup import escape
     from rich.table import Table
 
     tables = []
-    for g in groups:
-        table = Table(*COLUMNS, title=g.title, caption=f"separate group: {g.reason}" if g.reason else None,
-                      title_justify="left")
+    for g in groups:  # names come from configs: escaped, or Rich would read them as markup
+        table = Table(*COLUMNS, title=escape(g.title),
+                      caption=escape(f"separate group: {g.reason}") if g.reason else None, title_justify="left")
         for e in g.entries:
-            table.add_row(*cells(e), style="bold" if e.pareto else None)
+            table.add_row(*(escape(str(c)) for c in cells(e)), style="bold" if e.pareto else None)
         tables.append(table)
     return tables
 

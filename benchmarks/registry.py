@@ -33,8 +33,11 @@ from archon.benchmarks.graders import (
 )
 from archon.data import QueryResult
 from archon.errors import ConfigError
+from archon.registry import Registry, suggest
 
-BENCHMARKS: dict[str, str] = {
+BENCHMARKS: Registry[str] = Registry("benchmark")
+"""Benchmark families and what they are (``get_benchmark`` builds them)."""
+for _name, _about in {
     "gsm8k": "GSM8K grade-school math (test 1319, train 7473); math grader",
     "math500": "MATH-500 competition math; math grader",
     "aime24": "AIME 2024 (30); integer answers, math grader",
@@ -43,7 +46,8 @@ BENCHMARKS: dict[str, str] = {
     "mt_bench": "MT-Bench (80 two-turn chats); LLM judge 1-10 (judge=MODEL)",
     "arith": "synthetic few-shot arithmetic from a seed (digits, operands, ops, n, shots, min, max)",
     "jsonl:PATH": "your own JSONL (question=, answer=, id=, grader=math|exact|arith)",
-}
+}.items():
+    BENCHMARKS.register(_name, _about)
 
 
 @dataclass
@@ -181,8 +185,6 @@ def get_benchmark(spec: str, data_dir: str | Path | None = None, *, judge_model:
                          lambda split: ds.jsonl_items(ds.read_rows(file), str(file), q, a, i, task),
                          ("test",), identity={"sha256": digest})
 
-    from archon.config import _suggest
-
     raise ConfigError(f"unknown benchmark {spec!r}",
-                      hint=_suggest(name, [n for n in BENCHMARKS if ":" not in n])
+                      hint=suggest(name, [n for n in BENCHMARKS if ":" not in n])
                       or f"known: {', '.join(BENCHMARKS)}")

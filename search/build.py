@@ -88,16 +88,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "m"
 
 
-# Parameters of step-level techniques that say how many candidates come out.
-_COUNT_HINTS = ("particles", "beam_width", "num_beams", "samples", "n", "width", "top_k")
-
-
-def _count_hint(params: dict[str, Any], default: int) -> int:
-    for key in _COUNT_HINTS:
-        value = params.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return default
+def _count_hint(cls: Any, params: dict[str, Any], default: int) -> int:
+    """How many candidates the step technique hands on: its own ``output_count``."""
+    try:
+        return int(cls(cls.Params.model_validate(params)).output_count(default))
+    except Exception:  # invalid choices are reported when the config is built
+        return default
 
 
 def build_config(space: SearchSpace, s: Suggester, *, name: str | None = None) -> dict[str, Any]:
@@ -119,7 +115,7 @@ def build_config(space: SearchSpace, s: Suggester, *, name: str | None = None) -
         step_params = {k: pick(s, f"step.{method}.{k}", v) for k, v in space.step.knobs(method).items()}
     if step_cls is not None and step_cls.consumes == "query":
         nodes.append({"id": "step", "technique": method, "inputs": [], **step_params})
-        heads, count = ["step"], _count_hint(step_params, 1)
+        heads, count = ["step"], _count_hint(step_cls, step_params, 1)
     else:
         gen = space.generate
         shared_temp: Any = None
@@ -148,7 +144,7 @@ def build_config(space: SearchSpace, s: Suggester, *, name: str | None = None) -
             raise InvalidPipeline("every generator draws 0 samples: no candidates")
         if step_cls is not None:  # a technique over candidates (e.g. refinement) right after sampling
             nodes.append({"id": "step", "technique": method, "inputs": heads, **step_params})
-            heads, count = ["step"], min(count, _count_hint(step_params, count))
+            heads, count = ["step"], min(count, _count_hint(step_cls, step_params, count))
 
     lay = space.layers
     n_layers = int(pick(s, "layers.count", lay.count))

@@ -1,15 +1,13 @@
 """A trial's cost per query, estimated from the pipeline's shape before anything is spent.
 
-Each node is costed from what it will send: ``generate`` sends one request per model for
-``samples`` completions, ``critique`` and ``verify`` one per candidate, ``rank`` one over
-all candidates, ``fuse`` one per fuser over all candidates, ``best_of_n`` what its scorer
-asks. Prompts are the question plus the packaged template plus the candidates they show
-(each assumed as long as its node's ``max_tokens``); completions are ``n x max_tokens``.
-Prompt tokens are counted per sample, as the embedded engine reports them.
+Every technique estimates its own calls (``Technique.estimate``, which asks its scorer's
+``Scorer.estimate`` when it has one); this module only walks the DAG, hands each node the
+candidates its inputs produce (how many, and tokens each) and adds the calls up, with FLOPs
+from the models' parameter counts. Completions are assumed to fill ``max_tokens``.
 
 The estimate is an upper-ish bound (completions often stop early); the search calibrates it
-against measured trials before skipping anything (see ``runner``). Techniques it does not
-know are costed 0 and listed in ``unknown``, so they are never skipped on a guess.
+against measured trials before skipping anything (see ``runner``). A technique without an
+estimate is costed 0 and listed in ``unknown``, so it is never skipped on a guess.
 """
 
 from __future__ import annotations
@@ -17,28 +15,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-_TEMPLATES = {"generate": "generate.j2", "critique": "critique.j2", "rank": "rank.j2", "verify": "verify.j2",
-              "fuse": "fuse.j2", "judge": "judge_pointwise.j2", "pairwise": "judge_pairwise.j2",
-              "grm": "judge_grm.j2"}
-
-
-@lru_cache(maxsize=32)
-def template_tokens(technique: str) -> int:
-    """Rough token count of a packaged template's fixed text (4 characters a token)."""
-    name = _TEMPLATES.get(technique)
-    if name is None:
-        return 0
-    try:
-        import archon.prompts as prompts_mod
-
-        path = Path(prompts_mod.__file__).parent / "prompts" / name
-        return len(path.read_text()) // 4
-    except OSError:
-        return 60
+from archon.cost import CostInputs, Flow
 
 
 @dataclass
@@ -67,12 +46,6 @@ class CostEstimate:
                 "flops": self.flops, "unknown": list(self.unknown)}
 
 
-@dataclass
-class _Out:
-    count: float
-    length: float  # tokens of one candidate as later prompts show it (text + critique)
-
-
 def _nodes(config: dict[str, Any]) -> list[tuple[dict[str, Any], list[str]]]:
     out: list[tuple[dict[str, Any], list[str]]] = []
     if config.get("nodes") is not None:
@@ -96,6 +69,18 @@ def _nodes(config: dict[str, Any]) -> list[tuple[dict[str, Any], list[str]]]:
     return out
 
 
+def _technique(node: dict[str, Any]) -> Any:
+    """The node's technique object, or None when its name or parameters do not validate."""
+    from archon.techniques import TECHNIQUES
+
+    params = {k: v for k, v in node.items() if k not in ("id", "technique", "inputs")}
+    try:
+        cls = TECHNIQUES.resolve(node["technique"])
+        return cls(cls.Params.model_validate(params))
+    except Exception:  # an invalid node is reported by build_graph, not here
+        return None
+
+
 def estimate_cost(config: dict[str, Any], *, question_tokens: float = 32.0,
                   parameters: Callable[[str], float | None] | None = None) -> CostEstimate:
     """Estimated cost of one query through the pipeline ``config`` (a config dict)."""
@@ -104,69 +89,23 @@ def estimate_cost(config: dict[str, Any], *, question_tokens: float = 32.0,
     d_max = int(defaults.get("max_tokens", 256))
     params_of = parameters or (lambda _m: None)
     est = CostEstimate()
-    outs: dict[str, _Out] = {}
+    outs: dict[str, Flow] = {}
     q = float(question_tokens)
     for node, inputs in _nodes(config):
-        tech = node["technique"]
-        model = node.get("model") or d_model
-        mt = float(node.get("max_tokens") or d_max)
         ins = [outs[i] for i in inputs if i in outs]
         n_in = sum(o.count for o in ins)
         length = (sum(o.count * o.length for o in ins) / n_in) if n_in else 0.0
-        if ":" in tech and "samples" in node and not inputs:
-            tech = "generate"  # your own sampler (module:Class) with generate's parameters
-        tpl = template_tokens(tech)
-        if tech == "generate":
-            models = node.get("models") or [model]
-            k = int(node.get("samples", 1))
-            for m in models:
-                est.add(m, k * (q + tpl), k * mt, 1, params_of(m))
-            outs[node["id"]] = _Out(k * len(models), mt)
-        elif tech == "critique":
-            est.add(model, n_in * (q + tpl + length), n_in * mt, n_in, params_of(model))
-            outs[node["id"]] = _Out(n_in, length + mt)
-        elif tech == "verify":
-            est.add(model, n_in * (q + tpl + length), n_in * mt, n_in, params_of(model))
-            outs[node["id"]] = _Out(n_in, length)
-        elif tech == "rank":
-            if n_in > 1:
-                rmt = float(node.get("max_tokens") or 64)
-                est.add(model, q + tpl + n_in * length, rmt, 1, params_of(model))
-            outs[node["id"]] = _Out(min(float(node.get("top_k", 3)), n_in), length)
-        elif tech == "fuse":
-            fusers = node.get("fusers") or [model]
-            k = int(node.get("samples", 1))
-            if n_in:
-                for m in fusers:
-                    est.add(m, k * (q + tpl + n_in * length), k * mt, 1, params_of(m))
-                outs[node["id"]] = _Out(len(fusers) * k, mt)
-            else:
-                outs[node["id"]] = _Out(0, 0)
-        elif tech in ("best_of_n", "score"):
-            scorer = node.get("scorer") or {"type": "judge"}
-            kind = scorer.get("type", "judge")
-            smodel = scorer.get("model") or model
-            smt = float(scorer.get("max_tokens") or node.get("max_tokens") or d_max)
-            if kind == "pairwise":
-                pairs = n_in * (n_in - 1) / 2
-                est.add(smodel, pairs * (q + template_tokens("pairwise") + 2 * length), pairs * smt, pairs,
-                        params_of(smodel))
-            elif kind == "grm":
-                k = float(scorer.get("samples", 1))
-                est.add(smodel, k * (q + template_tokens("grm") + n_in * length), k * smt, 1, params_of(smodel))
-            elif kind in ("logprob", "reward_model"):
-                est.add(smodel, n_in * (q + length), 0.0, n_in, params_of(smodel))
-            else:
-                est.add(smodel, n_in * (q + template_tokens("judge") + length), n_in * smt, n_in,
-                        params_of(smodel))
-            keep = float(node.get("top_k", n_in)) if tech == "best_of_n" else n_in
-            outs[node["id"]] = _Out(min(keep, n_in), length)
-        elif tech in ("vote", "select"):
-            keep = 1.0 if tech == "select" else n_in
-            outs[node["id"]] = _Out(min(keep, n_in), length)
-        else:
-            est.unknown.append(tech)
-            count = next((node[k] for k in ("particles", "beam_width", "samples", "n") if isinstance(node.get(k), int)),
-                         max(n_in, 1))
-            outs[node["id"]] = _Out(float(count), mt)
+        tech = _technique(node)
+        cost_in = CostInputs(q, Flow(n_in, length), node.get("model") or d_model,
+                             float(node.get("max_tokens") or d_max))
+        estimate = tech.estimate(cost_in) if tech is not None else None
+        if estimate is None:
+            est.unknown.append(node["technique"])
+            count = tech.output_count(int(n_in)) if tech is not None else max(n_in, 1)
+            outs[node["id"]] = Flow(float(count), cost_in.max_tokens)
+            continue
+        calls, out = estimate
+        for call in calls:
+            est.add(call.model, call.prompt, call.completion, call.calls, params_of(call.model))
+        outs[node["id"]] = out
     return est

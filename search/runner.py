@@ -69,6 +69,7 @@ class SearchSettings:
     skip_margin: float = 0.25
     timeout_s: float | None = None
     n_startup_trials: int | None = None
+    heartbeat_s: float = 10.0  # RDB storage: heartbeat period; 3x this without one marks a dead worker
 
 
 @dataclass
@@ -183,18 +184,24 @@ def make_pruner(name: str, steps: Sequence[int], *, trials: int) -> optuna.prune
     raise ConfigError(f"unknown pruner {name!r}", hint=f"choose one of {', '.join(PRUNERS)}")
 
 
-def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    """An RDB storage with heartbeats: a killed worker's trial is failed and retried later."""
+def make_storage(url: str | None, heartbeat_s: float = 10.0) -> optuna.storages.BaseStorage | None:
+    """An RDB storage with heartbeats: a killed worker's trial is failed and retried later.
+
+    A worker's heartbeat is written every ``heartbeat_s`` while its trial runs; a RUNNING
+    trial silent for ``3 * heartbeat_s`` is stale (its worker died) and is failed on the
+    next start of any worker (:meth:`Search.optimize`).
+    """
     if url is None:
         return None
     sqlite = url.startswith("sqlite")
     if sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; they are what resumes
+        # Workers starting together on a new SQLite file would race to create its schema.
+        with _admission_lock(url), warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=60, grace_period=180,
+                url, heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(2, round(3 * heartbeat_s)),
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None)
     except Exception as exc:  # SQLAlchemy raises many kinds here
@@ -220,6 +227,43 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
         cur.close()
 
     engine.dispose()  # connections opened before the listener reconnect with it
+
+
+class SurplusTrial(Exception):
+    """Raised inside a trial that would exceed the study's target; Optuna records it as FAIL."""
+
+
+def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The study's RDB storage when it has heartbeats (Optuna wraps it in a cache layer)."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.heartbeat_interval is not None:
+        return storage
+    return None
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9; it is what recovers dead workers
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _admission_lock(url: str | None) -> Any:
+    if url and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        from filelock import FileLock
+
+        return FileLock(str(Path(url.removeprefix("sqlite:///")).expanduser()) + ".admission.lock", timeout=120)
+    return contextlib.nullcontext()
+
+
+def _live_running_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> set[int]:
+    """Storage ids of RUNNING trials whose worker still beats."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    with _create_scoped_session(storage.scoped_session) as session:
+        beating = {tid for (tid,) in session.query(models.TrialHeartbeatModel.trial_id).all()}
+    return beating - stale
 
 
 # -- the search --------------------------------------------------------------------------
@@ -270,8 +314,8 @@ class Search:
             else optuna.pruners.NopPruner()
         directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
         try:
-            study = optuna.create_study(storage=make_storage(s.storage), study_name=s.study_name, sampler=sampler,
-                                        pruner=pruner, directions=directions, load_if_exists=True)
+            study = optuna.create_study(storage=make_storage(s.storage, s.heartbeat_s), study_name=s.study_name,
+                                        sampler=sampler, pruner=pruner, directions=directions, load_if_exists=True)
         except ValueError as exc:
             raise ConfigError(f"study {s.study_name!r}: {exc}",
                               hint="a study keeps its objectives; pick another --study name") from None
@@ -280,6 +324,7 @@ class Search:
                               f"{'multi' if len(study.directions) > 1 else 'single'}-objective",
                               hint="rerun with the same --multi-objective setting, or pick another --study name")
         self._check_or_store_attrs(study)
+        _fail_stale(study)  # trials of workers that died, on every start
         return study
 
     def _identity(self) -> dict[str, Any]:
@@ -333,7 +378,38 @@ class Search:
     def _values(self, accuracy: float, tokens: float) -> float | tuple[float, float]:
         return (accuracy, tokens) if self.settings.multi_objective else accuracy
 
+    def _admit(self, trial: optuna.Trial) -> bool:
+        """May this trial run without taking the study past its target? (several workers)
+
+        Admission is serialized (a file lock beside a SQLite study) and each admitted trial
+        records its heartbeat and an ``admitted`` mark before the lock is released, so the
+        next admission sees it: the study never finishes more than ``settings.trials``.
+        Running trials count only while their heartbeat is fresh, so a dead worker's trial
+        does not block the study (it is failed once stale, after ``3 * heartbeat_s``); a
+        rerun inside that window may stop one trial short, and the next rerun finishes it.
+        For non-SQLite databases the lock is per process only: concurrent workers may then
+        finish up to one extra trial each.
+        """
+        storage = _rdb(self.study)
+        if storage is None:  # in-memory storage: one process, nothing to coordinate
+            return True
+        with _admission_lock(self.settings.storage):
+            storage.record_heartbeat(trial._trial_id)
+            alive = _live_running_trials(self.study, storage)
+            ahead = sum(1 for t in self.study.get_trials(deepcopy=False)
+                        if t._trial_id != trial._trial_id and (t.state in FINISHED or (
+                            t.state == TrialState.RUNNING and t.user_attrs.get("admitted")
+                            and t._trial_id in alive)))
+            if ahead >= self.settings.trials:
+                return False
+            trial.set_user_attr("admitted", True)
+            return True
+
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        if not self._admit(trial):
+            trial.set_user_attr("status", "surplus")
+            self.study.stop()
+            raise SurplusTrial(f"the study already has its {self.settings.trials} trials (other workers)")
         self.reporter.trial_started(trial.number)
         try:
             config = build_config(self.space, OptunaSuggester(trial), name=f"{self.space.name}-t{trial.number}")
@@ -436,6 +512,7 @@ class Search:
     def optimize(self) -> optuna.Study:
         """Runs trials until the study holds ``settings.trials`` finished trials (resumable)."""
         study = self.study
+        _fail_stale(study)  # also when the target is reached: no RUNNING forever
         todo = self.remaining()
         if todo == 0:
             return study
@@ -446,7 +523,7 @@ class Search:
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message=".*independent sampl.*")
             study.optimize(self.objective, n_trials=todo, timeout=self.settings.timeout_s, callbacks=callbacks,
-                           gc_after_trial=False)
+                           gc_after_trial=False, catch=(SurplusTrial,))
         return study
 
 

@@ -38,9 +38,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from archon.backends.registry import EMBEDDED_NAME, ModelSpec
-from archon.config import DefaultsConfig, _line_of, _path, _suggest, read_yaml_file
+from archon.config import DefaultsConfig, _line_of, _path, read_yaml_file
 from archon.engine.budget import Budget
 from archon.errors import ConfigError
+from archon.registry import suggest as _suggest
 
 Scalar = str | int | float | bool | None
 
@@ -196,7 +197,7 @@ class FinalSpace(BaseModel):
     verify_max_tokens: int | None = Field(None, ge=1)
     scorers: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"judge": {"type": "judge"}},
-        description="named scorers best_of_n may use (archon.verifiers.scorers specs)")
+        description="named scorers best_of_n may use (archon.scoring specs)")
     scorer_max_tokens: int | None = Field(None, ge=1, description="max_tokens of the best_of_n node")
     fuser_model: Knob = Field(None, description="model of a final fuse (default: the pipeline's)")
     max_tokens: Knob = Field(None, description="completion limit of a final fuse or rank")
@@ -256,7 +257,7 @@ class SearchSpace(BaseModel):
     @field_validator("base")
     @classmethod
     def _base(cls, v: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"name", "description", "models", "defaults", "budget"}
+        allowed = {"name", "description", "models", "defaults", "budget", "plugins"}
         for key in v:
             if key not in allowed:
                 hint = _suggest(key, sorted(allowed))
@@ -342,12 +343,15 @@ def _check_generator(space: SearchSpace, file: str | None, root: yaml.Node | Non
     from archon.config import technique_class
 
     name = space.generate.technique
+    loc = ("generate", "technique")
     try:
-        technique_class(name)
+        technique_class(name, list(space.base.get("plugins") or []))  # imports only modules the space lists
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=file, path=_path(loc), line=_line_of(root, loc), hint=exc.hint) from None
     except (KeyError, ImportError, AttributeError, TypeError, ValueError) as exc:
-        loc = ("generate", "technique")
         raise ConfigError(f"unknown technique {name!r} ({type(exc).__name__})", file=file, path=_path(loc),
-                          line=_line_of(root, loc), hint="use generate, or module.path:Class of your own") from None
+                          line=_line_of(root, loc), hint="use generate, or module.path:Class of your own "
+                          "(listed under `base: {plugins: [module.path]}`)") from None
 
 
 def _check_models(space: SearchSpace, file: str | None, root: yaml.Node | None) -> None:
@@ -441,7 +445,7 @@ def _check_final(space: SearchSpace, file: str | None, root: yaml.Node | None,
         space.final.selector = rest if len(rest) > 1 else rest[0]
     if "best_of_n" in values:
         try:
-            from archon.verifiers.scorers import make_scorer
+            from archon.scoring import make_scorer
         except ImportError:  # pragma: no cover
             return
         for name, spec in space.final.scorers.items():

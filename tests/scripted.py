@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 
 from archon.backends.registry import ModelRegistry, ModelSpec
 from archon.backends.router import ModelRouter
-from archon.backends.types import GenerationRequest, GenerationResult, Sample, ScoreRequest, ScoreResult, Usage
+from archon.backends.types import (
+    GenerationRequest,
+    GenerationResult,
+    RewardRequest,
+    RewardResult,
+    Sample,
+    ScoreRequest,
+    ScoreResult,
+    Usage,
+)
 
 Responder = Callable[[GenerationRequest, int], str]
 
@@ -32,6 +41,7 @@ class ScriptedBackend:
     respond: Responder = default_responder
     batches: list[list[GenerationRequest]] = field(default_factory=list)
     score_batches: list[list[ScoreRequest]] = field(default_factory=list)
+    reward_batches: list[list[RewardRequest]] = field(default_factory=list)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         self.batches.append(list(requests))
@@ -48,6 +58,17 @@ class ScriptedBackend:
         return [ScoreResult([-1.0 * (i + 1) for i in range(len(r.continuations))],
                             [[-1.0 * (i + 1)] for i in range(len(r.continuations))], Usage(prompt_tokens=3, calls=1))
                 for r in requests]
+
+    def reward(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
+        """One [p_bad, p_good] row per step tag; p_good from the text's length (deterministic)."""
+        self.reward_batches.append(list(requests))
+        out = []
+        for r in requests:
+            text = r.prefix_text()
+            steps = max(1, text.count(r.step_tag)) if r.step_tag else 1
+            rows = [[1 - p, p] for p in ((len(text) * (k + 3)) % 97 / 100 for k in range(steps))]
+            out.append(RewardResult(rows, Usage(prompt_tokens=len(text) // 4 + 1, calls=1)))
+        return out
 
     def close(self) -> None:
         pass

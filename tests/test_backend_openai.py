@@ -130,7 +130,7 @@ def test_unknown_model_is_served_by_llama_cpp(live):
 def test_load_balancing_and_failover(live):
     dead = f"http://127.0.0.1:{free_port()}/v1"
     alias = live.base_url.replace("127.0.0.1", "localhost")  # same server, second URL
-    b = backend([dead, live.base_url, alias], max_retries=0)
+    b = backend([dead, live.base_url, alias], max_retries=0, routing={"policy": "round_robin"})
     try:
         results = b.generate([req(prompt=f"{i}+1=", max_tokens=1, temperature=0.0) for i in range(4)])
     finally:
@@ -231,7 +231,7 @@ def test_missing_api_key_env_is_reported(monkeypatch):
 
 
 class _Stub:
-    def __init__(self, status: int, body: dict) -> None:
+    def __init__(self, status: int, body: dict, *, port: int = 0, delay_s: float = 0.0) -> None:
         self.hits = 0
         self.auth: list[str] = []
         self.bodies: list[dict] = []
@@ -242,8 +242,17 @@ class _Stub:
                 stub.hits += 1
                 stub.auth.append(self.headers.get("Authorization", ""))
                 stub.bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}"))
+                time.sleep(delay_s)
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # /models: the server is alive
+                data = json.dumps({"object": "list", "data": []}).encode()
+                self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -252,7 +261,8 @@ class _Stub:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.handle_error = lambda *args: None  # type: ignore[method-assign]  # clients that gave up
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -288,6 +298,93 @@ def test_server_errors_are_retried_then_reported():
         b.close()
         stub.close()
     assert stub.hits == 3 and "3 attempts" in str(info.value) and stub.auth == ["Bearer EMPTY"] * 3
+
+
+# -- server faults (issue 14) --------------------------------------------------------------------
+
+OK_BODY = {"id": "x", "object": "text_completion", "created": 0, "model": "m",
+           "choices": [{"index": 0, "text": "4", "finish_reason": "stop", "logprobs": None}],
+           "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+@pytest.mark.reliability
+def test_default_retry_window_outlasts_a_server_restart():
+    port = free_port()
+    first = _Stub(200, OK_BODY, port=port)
+    b = backend(first.url)  # defaults only: the retry window is a duration
+    try:
+        assert b.generate([req(prompt="x")])[0].usage.retries == 0
+        first.close()  # the server goes down ...
+        restart = threading.Timer(9.0, lambda: holder.append(_Stub(200, OK_BODY, port=port)))  # ... back in 9 s
+        holder: list[_Stub] = []
+        restart.start()
+        began = time.monotonic()
+        res = b.generate([req(prompt="y")])[0]
+    finally:
+        b.close()
+        restart.join()
+        for stub in holder:
+            stub.close()
+    assert time.monotonic() - began > 8.5 and res.texts == ["4"]
+    assert res.usage.retries >= 3 and res.usage.to_dict()["retries"] == res.usage.retries  # reported in the trace
+
+
+@pytest.mark.reliability
+def test_a_hung_server_is_a_first_byte_timeout():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepts connections (the kernel does), never answers
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    b = backend(url, first_byte_timeout_s=1.0, timeout_s=120, retry_window_s=0)
+    began = time.monotonic()
+    try:
+        with pytest.raises(BackendError) as info:
+            b.generate([req(prompt="x")])
+    finally:
+        b.close()
+        listener.close()
+    assert time.monotonic() - began < 10
+    assert "first-byte timeout" in str(info.value) and "first_byte_timeout_s=1" in str(info.value)
+
+
+@pytest.mark.reliability
+def test_a_live_but_slow_server_is_a_generation_timeout():
+    stub = _Stub(200, OK_BODY, delay_s=4.0)
+    b = backend(stub.url, first_byte_timeout_s=0.5, timeout_s=2.0, retry_window_s=0)
+    try:
+        with pytest.raises(BackendError) as info:
+            b.generate([req(prompt="x")])
+    finally:
+        b.close()
+        stub.close()
+    assert "generation timeout" in str(info.value) and "timeout_s=2" in str(info.value)
+    assert "first-byte" not in str(info.value)  # GET /models answered: it was alive, just slow
+
+
+@pytest.mark.reliability
+def test_cache_key_follows_the_model_identity_not_the_url(tmp_path):
+    from scripted import ScriptedBackend
+
+    from archon.backends.cache import CallCache
+
+    def router_for(**spec):  # type: ignore[no-untyped-def]
+        registry = ModelRegistry({"m": ModelSpec(backend="openai", **spec)})
+        scripted = ScriptedBackend()
+        return ModelRouter(registry=registry, cache=CallCache(tmp_path / "calls.sqlite"),
+                           factory=lambda name, s: scripted), scripted
+
+    request = GenerationRequest(model="m", prompt="p", n=2, temperature=0.7, seed=1)
+    first, _ = router_for(base_url="http://a:1/v1", api_model="small")
+    first.generate([request])
+    first.close()
+    moved, _ = router_for(base_url=["http://b:2/v1", "http://c:3/v1"], api_model="small")
+    assert moved.generate([request])[0].usage.cache_hits == 2  # same weights elsewhere: reused
+    moved.close()
+    other, backend_b = router_for(base_url="http://a:1/v1", api_model="large")
+    assert other.generate([request])[0].usage.cache_hits == 0 and backend_b.batches  # other weights: asked
+    other.close()
 
 
 CHAT_REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "o1-mini",

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from scripted import scripted_router
 
 from archon.backends.cache import CallCache
@@ -62,3 +63,38 @@ def test_two_processes_share_one_cache(tmp_path):
     assert len(cache) == 400
     assert cache.get_many(["a-5"])["a-5"].text == "a"
     cache.close()
+
+
+@pytest.mark.reliability
+def test_garbage_cache_file_is_moved_aside_and_replaced(tmp_path, caplog):
+    path = tmp_path / "calls.sqlite"
+    path.write_bytes(b"this is not a database\n" * 200)
+    with caplog.at_level("WARNING"):
+        cache = CallCache(path)
+    router, _ = scripted_router(cache=cache)
+    assert router.generate([req(n=2)])[0].texts  # works on the fresh cache
+    aside = list(tmp_path.glob("calls.sqlite.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert str(path) in caplog.text and "damaged" in caplog.text and str(aside[0]) in caplog.text
+    assert len(cache) == 2
+
+
+@pytest.mark.reliability
+def test_truncated_cache_file_is_moved_aside_and_replaced(tmp_path, caplog):
+    path = tmp_path / "calls.sqlite"
+    router, _ = scripted_router(cache=CallCache(path))
+    for i in range(300):
+        router.generate([req(n=4, prompt=f"prompt {i} " + "x" * 200)])
+    router.close()
+    data = path.read_bytes()
+    assert len(data) > 100_000
+    path.write_bytes(data[: len(data) // 3])
+    for side in tmp_path.glob("calls.sqlite-*"):
+        side.unlink()
+    with caplog.at_level("WARNING"):
+        router, _ = scripted_router(cache=CallCache(path))
+        for i in range(300):  # reads that reach the missing pages find the damage
+            router.generate([req(n=4, prompt=f"prompt {i} " + "x" * 200)])
+    assert list(tmp_path.glob("calls.sqlite.corrupt-*")) and "damaged" in caplog.text
+    again = router.generate([req(n=4, prompt="prompt 299 " + "x" * 200)])[0]
+    assert again.usage.cache_hits == 4  # the fresh cache works

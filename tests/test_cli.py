@@ -100,3 +100,31 @@ def test_serve_refuses_bad_configs_and_a_missing_key_clearly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ARCHON_NO_SUCH_KEY"}
     nokey = archon("serve", str(tmp_path / "a.yaml"), "--api-key-env", "ARCHON_NO_SUCH_KEY", env=env)
     assert nokey.returncode == 2 and "ARCHON_NO_SUCH_KEY" in nokey.stderr
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("command", ["validate", "show", "run"])
+def test_rich_markup_in_a_config_is_printed_verbatim(tmp_path, command):
+    from typer.testing import CliRunner
+
+    from archon.cli import app
+
+    path = tmp_path / "markup.yaml"
+    path.write_text('nodes:\n  - {id: s, technique: "[/oops]"}\n')
+    args = [command, str(path)] + (["--input", "hi", "--no-cache"] if command == "run" else [])
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert "unknown technique '[/oops]'" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.reliability
+def test_error_hints_keep_their_brackets(tmp_path):
+    from typer.testing import CliRunner
+
+    from archon.cli import app
+
+    path = tmp_path / "syntax.yaml"
+    path.write_text("nodes:\n  - {id: s, technique: generate\n  bad: [\n")
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2 and "[a, b]" in res.output, res.output

@@ -499,3 +499,26 @@ def test_a_cached_rerun_reports_the_pipelines_full_cost(tmp_path, tmp_cache):
     # the prompt once per request, so only the order of magnitude is comparable here
     assert first.tokens_per_query < again.tokens_per_query < 4 * first.tokens_per_query
     assert again.accuracy == first.accuracy
+
+
+@pytest.mark.reliability
+def test_a_second_writer_on_one_run_directory_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom archon.results_io import lock_run_dir\n"
+         f"with lock_run_dir({str(run)!r}):\n    print('locked', flush=True)\n    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        pipe, backend = vote_pipeline()
+        with pytest.raises(ConfigError, match="being written by another archon process"):
+            evaluate(pipe, ARITH, run)
+        assert backend.batches == [] and not (run / RESULTS_FILE).exists()
+    finally:
+        holder.kill()  # like kill -9: the OS releases the lock
+        holder.wait()
+    s = evaluate(vote_pipeline()[0], ARITH, run)
+    assert s.n == 12 and len(list(read_jsonl(run / RESULTS_FILE))) == 12

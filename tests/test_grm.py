@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import re
+from typing import ClassVar
 
 import pytest
 from scripted import scripted_router
 
-from archon.verifiers.grm import Judgment, keep_by_meta, vote
-from archon.verifiers.scorers import GenerativeRewardScorer, LLMJudgeScorer, ScoreContext, make_scorer, run_program
+from archon.scoring import GenerativeRewardScorer, LLMJudgeScorer, ScoreContext, Scorer, make_scorer, run_program
+from archon.scoring.grm_vote import Judgment, keep_by_meta, vote
 
 # k = 4 judgments of three responses; the third has no complete score list
 LISTS = [(8, 3, 5), (6, 5, 5), None, (9, 2, 6)]
@@ -62,16 +63,17 @@ def test_groups_are_put_on_one_scale():
     assert any("2 of 4" in n for n in notes)
 
 
-class TableMeta:
+class TableMeta(Scorer):
     """A meta-RM for the test: the meta reward of judgment J<i> is META[i]."""
 
-    key = "meta"
-    META: tuple[float, ...] = (0.1, 0.9, 0.5, 0.7)
+    key: ClassVar[str] = "meta"
+    META: ClassVar[tuple[float, ...]] = (0.1, 0.9, 0.5, 0.7)
+    type: str = "table_meta"
 
     def models(self, default):
         return []
 
-    def score(self, question, candidates, ctx=None):
+    def score_outcomes(self, question, candidates, ctx):
         return [self.META[int(re.search(r"J(\d)", c).group(1))] for c in candidates]
         yield []
 

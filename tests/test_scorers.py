@@ -15,8 +15,7 @@ from scripted import ScriptedBackend, scripted_router
 from archon import Pipeline
 from archon.backends.types import GenerationResult, Sample, ScoreResult, TokenLogprob
 from archon.errors import BackendError, ConfigError
-from archon.techniques import Generate, Score
-from archon.verifiers.scorers import (
+from archon.scoring import (
     GenerativeRewardScorer,
     LLMJudgeScorer,
     LogprobScorer,
@@ -24,15 +23,13 @@ from archon.verifiers.scorers import (
     RewardModelScorer,
     ScoreContext,
     Scorer,
-    expected_digit_score,
     make_scorer,
     order_by_score,
-    parse_preference,
-    parse_score,
-    parse_score_list,
     run_program,
     scorer_spec,
 )
+from archon.scoring.parsing import expected_digit_score, parse_preference, parse_score, parse_score_list
+from archon.techniques import Generate, Score
 
 
 def user_text(req) -> str:
@@ -206,16 +203,15 @@ def test_skipped_calls_give_nan_and_a_note():
 
 # -- registry and YAML ----------------------------------------------------------------------
 
-class ConstantScorer:
-    key = "const"
-
-    def __init__(self, value: float = 1.0) -> None:
-        self.value = value
+class ConstantScorer(Scorer):
+    key: ClassVar[str] = "const"
+    type: str = "const"
+    value: float = 1.0
 
     def models(self, default):
         return []
 
-    def score(self, question, candidates, ctx=None):
+    def score_outcomes(self, question, candidates, ctx):
         return [self.value] * len(candidates)
         yield []
 
@@ -225,13 +221,13 @@ def test_make_scorer_types_aliases_and_errors():
     assert isinstance(make_scorer("pointwise"), LLMJudgeScorer)
     assert isinstance(make_scorer({}), LLMJudgeScorer)
     assert isinstance(make_scorer({"type": "deepseek_grm"}), GenerativeRewardScorer)
-    assert isinstance(make_scorer({"type": "prm", "base_url": "http://x", "endpoint": "pooling"}), RewardModelScorer)
+    assert isinstance(make_scorer({"type": "prm", "model": "qwen-prm"}), RewardModelScorer)
     custom = make_scorer({"type": "test_scorers:ConstantScorer", "value": 2.5})
     assert isinstance(custom, Scorer) and run_program(custom.score("q", ["a", "b"]), None) == [2.5, 2.5]
     judge = LLMJudgeScorer(samples=2)
     assert make_scorer(judge) is judge
     assert scorer_spec(judge) == {"type": "judge", "samples": 2}
-    with pytest.raises(ValueError, match="unknown scorer type 'juge'"):
+    with pytest.raises(ValueError, match=r"unknown scorer 'juge'.*did you mean `judge`"):
         make_scorer({"type": "juge"})
     with pytest.raises(ValueError, match="scale_maxx"):
         make_scorer({"type": "judge", "scale_maxx": 5})
@@ -247,7 +243,7 @@ def test_scorer_in_yaml_validates_and_errors_point_at_the_field(tmp_path):
     assert node.describe()["scorer"] == {"type": "pairwise", "mode": "vs_first"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("nodes:\n  - {technique: generate}\n  - {technique: score, scorer: {type: jugde}}\n")
-    with pytest.raises(ConfigError, match=r"nodes\[1\]\.scorer.*unknown scorer type 'jugde'"):
+    with pytest.raises(ConfigError, match=r"nodes\[1\]\.scorer.*unknown scorer 'jugde'"):
         Pipeline.from_yaml(bad, cache=False)
     bad.write_text("nodes:\n  - {technique: generate}\n  - {technique: score, scorer: {type: judge, model: gpt-9}}\n")
     with pytest.raises(ConfigError, match="unknown model 'gpt-9'"):
@@ -286,8 +282,15 @@ class _VLLMStub(BaseHTTPRequestHandler):
             data = [{"index": i, "label": "LABEL_1", "probs": [1 - len(t) / 100, len(t) / 100], "num_classes": 2}
                     for i, t in enumerate(body["input"])]
         elif self.path == "/pooling":  # a PRM: [p_bad, p_good] per step
-            data = [{"index": i, "object": "pooling", "data": [[0.1, 0.9], [1 - len(t) / 100, len(t) / 100]]}
-                    for i, t in enumerate(body["input"])]
+            texts = [body["input"]] if "input" in body else ["".join(m["content"] for m in body["messages"])]
+            data = [{"index": i, "object": "pooling",  # one row per step tag; the last one = len / 100
+                     "data": [[0.1, 0.9]] * (t.count("<extra_0>") - 1) + [[1 - len(t) / 100, len(t) / 100]]}
+                    for i, t in enumerate(texts)]
+        elif self.path == "/custom":  # a non-vLLM reward server: {"out": {"scores": [one per step]}}
+            text = "".join(m["content"] for m in body["query"])
+            steps = max(1, text.count("<extra_0>"))
+            return self._send(200, {"out": {"scores": [0.5 + k / 10 for k in range(steps)]},
+                                    "usage": {"prompt_tokens": 7}})
         else:
             return self._send(404, {"error": "not found"})
         data.reverse()  # out of order on purpose: the client must use `index`
@@ -315,45 +318,87 @@ def vllm_stub():
     server.server_close()
 
 
-def test_reward_model_score_endpoint(vllm_stub):
-    notes: list[str] = []
-    scorer = make_scorer({"type": "reward_model", "base_url": vllm_stub, "api_model": "rm", "batch_size": 2})
-    values = run_program(scorer.score("question?", ["a" * 10, "b" * 30, "c" * 20], ScoreContext(note=notes.append)),
-                         None)
-    assert values == [0.10, 0.30, 0.20]
-    assert [p for p, _ in _VLLMStub.seen] == ["/score", "/score"]  # batches of 2
-    assert _VLLMStub.seen[0][1] == {"model": "rm", "text_1": "question?", "text_2": ["a" * 10, "b" * 30]}
-    assert any("24 prompt tokens" in n for n in notes)
-    assert scorer.models("embedded") == []
+def _pooling_router(url: str, cache=None):
+    from archon.backends.cache import CallCache
+    from archon.backends.registry import ModelRegistry, ModelSpec
+    from archon.backends.router import ModelRouter
+
+    return ModelRouter(registry=ModelRegistry({"rm": ModelSpec(backend="openai", base_url=url + "/v1", task="reward",
+                                                                max_retries=1, parameters=1e9)}),
+                       cache=CallCache(cache) if cache else None)
 
 
-def test_reward_model_classify_and_pooling(vllm_stub):
-    cls = RewardModelScorer(base_url=vllm_stub + "/", endpoint="classify", input_format="{question}|{candidate}")
-    assert run_program(cls.score("q", ["ab", "abcd"]), None) == [pytest.approx(0.04), pytest.approx(0.06)]
-    assert _VLLMStub.seen[-1][1] == {"input": ["q|ab", "q|abcd"]}
-    prm = RewardModelScorer(base_url=vllm_stub, endpoint="pooling", reduce="min")
-    values = run_program(prm.score("q", ["x" * 50]), None)
-    assert values == [pytest.approx(min(0.9, len("q\n\n" + "x" * 50) / 100))]
-    last = RewardModelScorer(base_url=vllm_stub, endpoint="pooling", reduce="last")
-    assert run_program(last.score("q", ["x" * 50]), None) == [pytest.approx(0.53)]
+def test_reward_model_through_the_router_reads_pooling_rows(vllm_stub, tmp_path):
+    router = _pooling_router(vllm_stub, tmp_path / "calls.sqlite")
+    prm = RewardModelScorer(model="rm", format="raw", aggregation="min")
+    per_step = run_program(prm.score("q", ["x" * 50], steps=[["a", "b"]]), router)
+    assert per_step == [[0.9, pytest.approx(len("q\n\na<extra_0>b<extra_0>") / 100)]]
+    path, body = _VLLMStub.seen[-1]
+    assert path == "/pooling" and body == {"model": "rm", "input": "q\n\na<extra_0>b<extra_0>"}
+    assert prm.reduce_steps(per_step[0]) == pytest.approx(min(per_step[0]))
+    # chat format: the server applies the model's template to system/user/assistant messages
+    chat = RewardModelScorer(model="rm")
+    run_program(chat.score("q", ["s1\n\ns2"], steps=[["s1", "s2"]]), router)
+    body = _VLLMStub.seen[-1][1]
+    assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant"]
+    assert body["messages"][2]["content"] == "s1<extra_0>s2<extra_0>" and body["add_generation_prompt"] is False
+    # accounted in the ledger with FLOPs, and cached: the same request again costs nothing
+    assert router.ledger.total().prompt_tokens == 24 and router.ledger.total().flops == 2 * 1e9 * 24
+    run_program(chat.score("q", ["s1\n\ns2"], steps=[["s1", "s2"]]), router)
+    assert len(_VLLMStub.seen) == 2
+    assert router.ledger.total().cache_hits == 1 and router.ledger.total().prompt_tokens == 24
+    router.close()
 
 
 def test_reward_model_retries_5xx_and_fails_loudly(vllm_stub):
     _VLLMStub.fail_first[0] = 1
-    scorer = RewardModelScorer(base_url=vllm_stub, max_retries=1)
-    assert run_program(scorer.score("q", ["abc"]), None) == [0.03]
+    router = _pooling_router(vllm_stub)
+    assert run_program(RewardModelScorer(model="rm", format="raw").score("q", ["abc"]), router) == [
+        pytest.approx(len("q\n\nabc<extra_0>") / 100)]
     assert len(_VLLMStub.seen) == 2
+    router.close()
+    router = _pooling_router(vllm_stub + "/nope")
     with pytest.raises(BackendError, match="404"):
-        run_program(RewardModelScorer(base_url=vllm_stub + "/nope").score("q", ["a"]), None)
-    with pytest.raises(BackendError, match="failed after 1 tries"):
-        run_program(RewardModelScorer(base_url="http://127.0.0.1:9", max_retries=0, timeout_s=2).score("q", ["a"]),
-                    None)
+        run_program(RewardModelScorer(model="rm").score("q", ["a"]), router)
+    router.close()
 
 
-def test_reward_model_scorer_in_a_pipeline(vllm_stub):
-    router, _ = scripted_router(lambda req, i: "x" * (10 * (i + 1)))
+def test_reward_model_scorer_in_a_pipeline_is_accounted_per_node(vllm_stub):
+    from archon.backends.registry import ModelSpec
+    from archon.backends.router import default_backend_factory
+
+    router, backends = scripted_router(lambda req, i: "x" * (10 * (i + 1)))
+    router.registry = router.registry.merged({"rm": ModelSpec(backend="openai", base_url=vllm_stub + "/v1",
+                                                              task="reward")})
+    router.factory = lambda name, spec: backends.get(name) or default_backend_factory(name, spec)
     pipe = Pipeline({"g": Generate(samples=3),
-                     "best": Score(scorer={"type": "reward_model", "base_url": vllm_stub})}, {"best": ["g"]},
-                    router=router)
+                     "best": Score(scorer={"type": "reward_model", "model": "rm", "format": "raw"})},
+                    {"best": ["g"]}, router=router)
     result = pipe.run("q")
-    assert [c.scores["reward"] for c in result.candidates] == [0.1, 0.2, 0.3]
+    assert [c.scores["reward"] for c in result.candidates] == [pytest.approx(len(f"q\n\n{'x' * k}<extra_0>") / 100)
+                                                              for k in (10, 20, 30)]
+    assert result.usage_by_node["best"]["prompt_tokens"] == 3 * 12 and result.usage_by_node["best"]["calls"] == 3
+    assert result.usage["prompt_tokens"] == result.usage_by_node["g"]["prompt_tokens"] + 36
+
+
+def test_http_reward_backend_maps_request_and_response(vllm_stub):
+    from archon.backends.registry import ModelRegistry, ModelSpec
+    from archon.backends.router import ModelRouter
+
+    _VLLMStub.fail_first[0] = 1  # one 503 first: retried
+    spec = ModelSpec(backend="http_reward", base_url=vllm_stub + "/custom", api_model="my-prm", task="reward",
+                     reward_body={"query": "{messages}", "name": "{model}", "fixed": 1}, reward_path="out.scores",
+                     max_retries=2, parameters=1e9)
+    router = ModelRouter(registry=ModelRegistry({"rm": spec}))
+    prm = RewardModelScorer(model="rm", aggregation="min")
+    per_step = run_program(prm.score("q", ["a\n\nb\n\nc"], steps=[["a", "b", "c"]]), router)
+    assert per_step == [[0.5, 0.6, 0.7]] and prm.reduce_steps(per_step[0]) == 0.5
+    body = _VLLMStub.seen[-1][1]
+    assert body["name"] == "my-prm" and body["fixed"] == 1
+    assert body["query"][-1]["content"] == "a<extra_0>b<extra_0>c<extra_0>"
+    assert router.ledger.total().prompt_tokens == 7 and router.ledger.total().flops == 2 * 1e9 * 7
+    bad = ModelRouter(registry=ModelRegistry({"rm": spec.model_copy(update={"reward_path": "out.nope"})}))
+    with pytest.raises(BackendError, match=r"reward_path: out\.nope"):
+        run_program(prm.score("q", ["a"]), bad)
+    router.close()
+    bad.close()

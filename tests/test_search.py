@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 from scripted import scripted_router
 
 from archon.backends.cache import CallCache
@@ -389,3 +391,70 @@ def test_cmaes_is_single_objective_only(tmp_path):
     search, _ = make_search(tmp_path, sampler="cmaes", multi_objective=True)
     with pytest.raises(ConfigError, match="single-objective"):
         search.optimize()
+
+
+@pytest.mark.reliability
+def test_a_dead_workers_trial_is_failed_on_start_even_when_the_target_is_reached(tmp_path):
+    first, _ = make_search(tmp_path, trials=2, storage=True, heartbeat_s=1)
+    first.optimize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        killed = first.study.ask()  # a worker killed mid-trial: RUNNING, its heartbeat stops
+        first.study._storage.record_heartbeat(killed._trial_id)
+    time.sleep(4.5)  # past the grace period (3 heartbeats; SQLite timestamps have 1 s resolution)
+    again, _ = make_search(tmp_path, trials=2, storage=True, heartbeat_s=1)
+    assert again.remaining() == 0
+    again.optimize()
+    states = {t.number: t.state for t in again.study.get_trials(deepcopy=False)}
+    assert states[killed.number] == TrialState.FAIL
+
+
+@pytest.mark.reliability
+def test_two_workers_never_exceed_the_target(tmp_path):
+    a, _ = make_search(tmp_path, trials=3, storage=True)
+    a.settings.trials = 2
+    a.optimize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        in_flight = a.study.ask()  # worker A is running the 3rd trial right now
+    a.settings.trials = 3
+    assert a._admit(in_flight)
+    b, _ = make_search(tmp_path, trials=3, storage=True)  # worker B starts meanwhile
+    assert b.remaining() == 1
+    b.optimize()
+    assert len(b.finished()) == 2  # B saw A's trial and ran none
+    surplus = [t for t in b.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "surplus"]
+    assert len(surplus) == 1 and surplus[0].state == TrialState.FAIL
+    a.study.tell(in_flight, 0.5)
+    assert len(a.finished()) == 3  # exactly the target
+
+
+@pytest.mark.reliability
+def test_two_real_worker_processes_finish_exactly_the_target(tmp_path):
+    import subprocess
+
+    worker = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(Path(__file__).parent)!r}]\n"
+        "from pathlib import Path\n"
+        "from test_search import make_search\n"
+        f"search, _ = make_search(Path({str(tmp_path)!r}), trials=6, storage=True)\n"
+        "search.optimize()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", worker], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    done, _ = make_search(tmp_path, trials=6, storage=True)
+    assert len(done.finished()) == 6
+    assert all(t.state != TrialState.RUNNING for t in done.study.get_trials(deepcopy=False))
+
+
+@pytest.mark.reliability
+def test_a_search_space_imports_no_module_it_does_not_list(tmp_path, monkeypatch):
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "space_mod.py").write_text(f"open({str(marker)!r}, 'w').write('side effect')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="plugins"):
+        parse_space({**TINY, "generate": {**TINY["generate"], "technique": "space_mod:Gen"}})
+    assert not marker.exists()

@@ -93,8 +93,8 @@ def test_digit_and_yes_no_readers():
 def test_registered_and_step_params_validate():
     for name in ("specreason", "particle_steering", "beam_search", "solve_detect_verify"):
         assert TECHNIQUES[name].consumes == "query"
-    with pytest.raises(ValueError, match="unknown step reward"):
-        ParticleSteering(reward="nope")
+    with pytest.raises(ValueError, match="unknown scorer 'nope'"):
+        ParticleSteering(scorer="nope")
     with pytest.raises(ValueError, match="temperature > 0"):
         ParticleSteering(temperature=0.0)
 
@@ -199,7 +199,8 @@ def test_one_backend_request_per_model_per_step_for_all_queries_and_particles():
         return f"step s{req.seed}"
 
     router, _, log = steps_router(respond, models=("gen", "prm"))
-    tech = ParticleSteering(model="gen", judge="prm", particles=4, max_steps=3)
+    tech = ParticleSteering(model="gen", particles=4, max_steps=3,
+                            scorer={"type": "judge", "mode": "digit", "model": "prm"})
     results = run(tech, router, queries=["q1", "q2", "q3"])
     assert all(len(r.candidates) == 4 for r in results)
     assert log == [("gen", "step", 12), ("prm", "judge", 12)] * 3
@@ -302,9 +303,9 @@ def test_budget_cuts_steps_and_says_so(make):
 def test_models_lists():
     d = Defaults(model="m")
     assert SpecReason(drafter="s", model="l").models(d) == ["s", "l"]
-    assert ParticleSteering(judge="prm").models(d) == ["m", "prm"]
-    assert ParticleSteering(reward="self_logprob").models(d) == ["m"]
-    assert BeamSearch(reward="score").models(d) == ["m"]
+    assert ParticleSteering(scorer={"type": "judge", "mode": "digit", "model": "prm"}).models(d) == ["m", "prm"]
+    assert ParticleSteering(scorer="logprob").models(d) == ["m"]
+    assert BeamSearch(scorer={"type": "judge", "mode": "yes_no"}).models(d) == ["m"]
     assert SolveDetectVerify(verifier_model="v").models(d) == ["m", "v"]
 
 
@@ -316,7 +317,7 @@ def test_self_logprob_reward_needs_no_extra_call():
                       logprobs=[TokenLogprob("x", lp)])
 
     router, _, log = steps_router(respond)
-    (result,) = run(ParticleSteering(particles=2, reward="self_logprob", lam=1.0), router)
+    (result,) = run(ParticleSteering(particles=2, scorer="logprob", lam=1.0), router)
     assert [k for _, k, _ in log] == ["step"]
     assert result.final_answer == "1" and result.candidates[0].scores["reward"] == pytest.approx(-0.1)
 
@@ -326,7 +327,8 @@ def test_self_logprob_reward_needs_no_extra_call():
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [
     lambda: SpecReason(max_steps=2, max_tokens=12, threshold=5),
-    lambda: ParticleSteering(particles=2, max_steps=2, max_tokens=12, reward="score"),  # the ScoreRequest path
+    lambda: ParticleSteering(particles=2, max_steps=2, max_tokens=12,
+                             scorer={"type": "judge", "mode": "yes_no"}),  # the ScoreRequest path
     lambda: BeamSearch(beam_width=2, expand=1, max_steps=2, max_tokens=12),
     lambda: SolveDetectVerify(max_steps=2, max_tokens=12, fast_checks=2, fast_max_tokens=12, slow_max_tokens=12,
                               max_rounds=0, answer_max_tokens=6),

@@ -1,49 +1,30 @@
-"""Scoring final answers and running code: what tells a candidate is right.
+"""Gold-aware checking and running code: what tells a candidate is right.
 
 ``answers`` (extraction and normalisation, used by voting; never sees gold), ``math_grader``
 (math-verify equivalence against gold), ``sandbox`` (run Python and unit tests, pass@k).
-Importing this package is cheap: math-verify and sympy load on the first grade.
+Gold-free scorers (judges, reward models) live in ``archon.scoring``, never here.
+Importing this package is cheap and loads no grader: the names below resolve on first use.
 """
 
-from archon.verifiers.answers import extract_final_answer, normalize_answer
-from archon.verifiers.math_grader import GRADER_VERSION, MathGrade, grade_math
-from archon.verifiers.sandbox import SandboxResult, TestOutcome, pass_at_k, run_python, run_tests
-from archon.verifiers.scorers import (
-    SCORERS,
-    GenerativeRewardScorer,
-    LLMJudgeScorer,
-    LogprobScorer,
-    PairwiseJudgeScorer,
-    RewardModelScorer,
-    ScoreContext,
-    Scorer,
-    ScorerBase,
-    make_scorer,
-    register_scorer,
-    run_program,
-)
+from __future__ import annotations
 
-__all__ = [
-    "GRADER_VERSION",
-    "SCORERS",
-    "GenerativeRewardScorer",
-    "LLMJudgeScorer",
-    "LogprobScorer",
-    "MathGrade",
-    "PairwiseJudgeScorer",
-    "RewardModelScorer",
-    "SandboxResult",
-    "ScoreContext",
-    "Scorer",
-    "ScorerBase",
-    "TestOutcome",
-    "extract_final_answer",
-    "grade_math",
-    "make_scorer",
-    "normalize_answer",
-    "pass_at_k",
-    "register_scorer",
-    "run_program",
-    "run_python",
-    "run_tests",
-]
+import importlib
+from typing import Any
+
+from archon.verifiers.answers import extract_final_answer, normalize_answer
+
+_LAZY = {
+    "GRADER_VERSION": "math_grader", "MathGrade": "math_grader", "grade_math": "math_grader",
+    "SandboxResult": "sandbox", "SandboxUnavailable": "sandbox", "TestOutcome": "sandbox", "pass_at_k": "sandbox",
+    "run_python": "sandbox",
+    "run_tests": "sandbox",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"archon.verifiers.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'archon.verifiers' has no attribute {name!r}")
+
+
+__all__ = ["extract_final_answer", "normalize_answer", *_LAZY]

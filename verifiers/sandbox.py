@@ -1,38 +1,59 @@
-"""Run untrusted Python (model-written code, unit tests) in a constrained subprocess.
+"""Run untrusted Python (model-written code, unit tests) isolated at the OS level.
 
-Each run gets a fresh temporary directory as cwd, HOME and TMPDIR (removed afterwards), an
-environment built from scratch (no inherited API keys or tokens), its own session and
-process group (killed as a whole on timeout), and limits set by a trusted bootstrap before
-the user code starts: address space (``RLIMIT_AS``), CPU seconds, size of any file written
-(``RLIMIT_FSIZE``, which also caps stdout/stderr: they go to files, so a print loop
-cannot fill the parent's memory), open files, no core dumps.
+Generated code is hostile by assumption. Each run executes inside bubblewrap (``bwrap``,
+Debian package ``bubblewrap``) with:
 
-Limits are set in the child's bootstrap rather than a ``preexec_fn`` because
-``preexec_fn`` is unsafe when the parent has threads (graders run in thread pools); the
-bootstrap runs before any user code, and lowering limits needs no privilege.
-``RLIMIT_NPROC`` is not used: it counts every process of the user (not just this run's)
-and root ignores it. Instead an audit hook (``sys.addaudithook``, which cannot be removed)
-refuses new processes (fork, exec, spawn, ``subprocess``, ``os.system``), signals to
-other processes, and network use: ``socket.connect``/``bind``/``sendto``/``sendmsg`` and
-name resolution, for every address family (so also local Unix sockets).
+* **namespaces**: its own PID, network, mount, IPC and UTS namespaces. A caller that is not
+  root also gets its own user namespace (the code runs as uid/gid 65534 inside it); a root
+  caller runs bwrap privileged and the trusted bootstrap drops to host uid/gid 65534
+  (``nobody``, no supplementary groups, no capabilities) before any user code runs, so
+  the code is never root on the host.
+* **filesystem**: an empty read-only root with only ``/usr`` (and the ``/bin``, ``/lib``...
+  links), the dynamic-linker files of ``/etc``, the Python installation and its
+  site-packages, all read-only; a fresh ``/proc`` for the new PID namespace and a minimal
+  ``/dev``. The project directory, the home directory, the call cache and the rest of the
+  host are not there. The only writable place is ``/tmp`` (cwd, ``HOME``, ``TMPDIR``): a
+  private tmpfs capped at ``disk_mb`` in total, gone when the run ends.
+* **limits** (set by a trusted bootstrap before the user code): processes (``RLIMIT_NPROC``,
+  ``max_processes``), address space per process (``memory_mb``), CPU seconds, size of any
+  file (``files_mb``; stdout/stderr are files too, so a print loop cannot fill the parent's
+  memory), open files, no core dumps; and the wall clock (``timeout_s``).
+* **lifetime**: the whole process tree dies at the end of the run, success or not: bwrap's
+  init is PID 1 of the namespace (``--die-with-parent``), and when it dies the kernel
+  kills every process in it, including ``setsid()``-ed or double-forked ones.
+* **environment**: built from scratch (no API keys or tokens). ``/proc/<pid>/environ`` of
+  anything outside is unreachable (other PID namespace).
+* **network**: none (only a down loopback in the new network namespace): no TCP/UDP to the
+  host or the internet, no Unix sockets of the host (they are not in the filesystem view).
+* **signals**: no host process is visible, so none can be signalled; PID 1 ignores them.
+
+An audit hook (``sys.addaudithook``) additionally refuses Python-level fork/exec/spawn,
+sockets and signals to others, so ordinary code gets a clear ``PermissionError`` rather
+than an obscure OS failure; it is a courtesy, not the boundary (``ctypes`` bypasses it).
+
+**Not contained**: total memory is only bounded by ``max_processes × memory_mb`` (no
+cgroup); CPU use of up to ``max_processes`` processes until the wall timeout; reading the
+world-readable files that are mounted (system libraries, Python packages); kernel exploits
+(the kernel is shared: this is not a VM). For a root caller the process cap counts every
+process of host uid 65534, so parallel runs share it. Timing side channels are not closed.
+
+If bwrap is missing or cannot create namespaces here, :func:`run_python` refuses to run
+code (:class:`SandboxUnavailable`) unless the environment variable
+``ARCHON_UNSAFE_NO_SANDBOX=1`` is set; then it runs the code with the process limits and
+audit hook only (no namespaces) and logs a warning on every run.
 
 The interpreter runs as ``python -S -P`` rather than ``-I``: ``-I`` implies ``-E``, which
 would ignore the ``PYTHONHASHSEED=0`` (reproducible runs) and ``PYTHONPATH`` we set, and
-the environment is ours entirely, so ``-E`` protects nothing. ``-S`` skips ``site``,
-whose ``.pth`` processing (editable installs) doubled start-up here (0.15 s -> 0.06 s);
-``PYTHONPATH`` names the parent's site-packages instead, so installed packages (numpy
-etc.) still import, except ones that need a ``.pth`` hook. The bootstrap restores the
-``exit``/``quit`` builtins that ``site`` would add. ``-P`` keeps cwd off ``sys.path``.
-
-This is a best-effort guard against accidents by model-written code, not a security
-boundary: code can still reach the C level (``ctypes``) and do what the user running
-archon can do. Run adversarial code inside a container or VM without network.
+the environment is ours entirely, so ``-E`` protects nothing. ``-S`` skips ``site``
+(faster start-up, no ``.pth`` hooks); ``PYTHONPATH`` names the parent's site-packages
+instead, so installed packages (numpy etc.) still import. ``-P`` keeps cwd off ``sys.path``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import select
@@ -47,18 +68,32 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-__all__ = ["SandboxResult", "TestOutcome", "pass_at_k", "run_python", "run_tests"]
+from archon.errors import ArchonError
+
+__all__ = ["SandboxResult", "SandboxUnavailable", "TestOutcome", "isolation_problem", "pass_at_k", "run_python",
+           "run_tests"]
 
 MEMORY_EXIT_CODE = 86  # the bootstrap exits with this when the user code hits MemoryError
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _KILL_GRACE_S = 5.0
+_WORKDIR = "/tmp"  # inside the sandbox: the private, size-capped tmpfs
+UNSAFE_ENV = "ARCHON_UNSAFE_NO_SANDBOX"  # "1": run code without OS isolation (explicit opt-in)
+_log = logging.getLogger(__name__)
 
-# Runs first in the child, as ``python -c``: limits, audit hook, then the user's file.
-# argv: limits (AS bytes, CPU s, FSIZE bytes, NOFILE), the MemoryError exit code, the user file.
+# Runs first in the child, as ``python -c``: drop to nobody (root callers), limits, audit
+# hook, then the user's file. argv: drop uid (0/1), limits (AS bytes, CPU s, FSIZE bytes,
+# NOFILE, NPROC), the MemoryError exit code, the user file.
 _BOOTSTRAP = r"""
-import sys, resource, builtins
+import sys, os, resource, builtins
 if not hasattr(builtins, "exit"):  # normally added by site, which -S skips
     builtins.exit = builtins.quit = sys.exit
+_drop, _as, _cpu, _fsize, _nofile, _nproc, _memory_exit, _path = sys.argv[1:9]
+if _drop == "1":  # bwrap ran privileged (root caller): become nobody before any user code
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        os._exit(70)
 def _limit(res, value, slack=0):
     soft, hard = resource.getrlimit(res)
     if hard != resource.RLIM_INFINITY:
@@ -66,25 +101,26 @@ def _limit(res, value, slack=0):
         resource.setrlimit(res, (value, hard))
     else:
         resource.setrlimit(res, (value, value + slack))
-_as, _cpu, _fsize, _nofile, _memory_exit, _path = sys.argv[1:7]
 _limit(resource.RLIMIT_AS, int(_as))
 _limit(resource.RLIMIT_CPU, int(_cpu), 1)  # SIGXCPU, then SIGKILL a second later
 _limit(resource.RLIMIT_FSIZE, int(_fsize))
 _limit(resource.RLIMIT_NOFILE, int(_nofile))
 _limit(resource.RLIMIT_CORE, 0)
+if int(_nproc) > 0:
+    _limit(resource.RLIMIT_NPROC, int(_nproc))
 _BLOCKED = frozenset((
     "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg", "socket.getaddrinfo",
     "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo",
     "subprocess.Popen", "os.system", "os.fork", "os.forkpty", "os.posix_spawn", "os.posix_spawnp",
     "pty.spawn", "os.killpg",
 ))
-def _audit(event, args, _blocked=_BLOCKED, _pid=__import__("os").getpid()):
+def _audit(event, args, _blocked=_BLOCKED, _pid=os.getpid()):
     if event in _blocked or event.startswith(("os.exec", "os.spawn")):
         raise PermissionError("sandbox: " + event + " is not allowed")
     if event == "os.kill" and args[0] not in (0, _pid):
         raise PermissionError("sandbox: signals to other processes are not allowed")
 sys.addaudithook(_audit)
-del _limit, _as, _cpu, _fsize, _nofile, _BLOCKED, _audit
+del _limit, _as, _cpu, _fsize, _nofile, _nproc, _drop, _BLOCKED, _audit
 sys.argv = [_path]
 with open(_path, encoding="utf-8") as _f:
     _code = compile(_f.read(), _path, "exec")
@@ -95,12 +131,16 @@ sys.modules["__main__"] = _main  # the user code's globals are the real __main__
 try:
     exec(_code, _main.__dict__)
 except MemoryError:
-    import traceback, os
+    import traceback
     traceback.print_exc()
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(int(_memory_exit))
 """
+
+
+class SandboxUnavailable(ArchonError):
+    """bubblewrap is missing or cannot isolate here, and the user did not opt out of isolation."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +199,109 @@ def _minimal_env(home: str) -> dict[str, str]:
     return env
 
 
+def _allow_unsandboxed() -> bool:
+    return os.environ.get(UNSAFE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _root_mode() -> bool:
+    """Root runs bwrap privileged and drops to nobody; others get a user namespace."""
+    return os.geteuid() == 0
+
+
+def _interpreter() -> str:
+    return os.path.realpath(sys.executable)
+
+
+@functools.lru_cache(maxsize=1)
+def _fs_args() -> tuple[str, ...]:
+    """The read-only filesystem view: system files, the interpreter, its packages; nothing else."""
+    args: list[str] = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
+                "/etc/localtime"):
+        args += ["--ro-bind-try", etc, etc]
+    bound = ["/usr"]
+    created: set[str] = set()
+    prefix = os.path.realpath(sys.base_prefix)
+    for path in [prefix, os.path.dirname(_interpreter()), *_site_packages().split(os.pathsep)]:
+        if path and not any(path == b or path.startswith(b + os.sep) for b in bound):
+            # bwrap copies the modes of the host's parents (/root is 0700): open them up, or
+            # the dropped-to-nobody code could not reach the interpreter.
+            parents = [p for p in _ancestors(path) if p not in created]
+            for parent in parents:
+                args += ["--perms", "0755", "--dir", parent]
+            created.update(parents)
+            args += ["--ro-bind-try", path, path]
+            bound.append(path)
+    return tuple(args)
+
+
+def _ancestors(path: str) -> list[str]:
+    """``/a/b/c`` -> ``["/a", "/a/b"]``."""
+    parts = path.strip(os.sep).split(os.sep)[:-1]
+    return [os.sep + os.sep.join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _bwrap_cmd(bwrap: str, disk_mb: int, code_fd: int) -> list[str]:
+    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+           "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+    if _root_mode():
+        cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        cmd += ["--unshare-user", "--uid", "65534", "--gid", "65534"]
+    cmd += [*_fs_args(), "--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(disk_mb * 1024 * 1024), "--tmpfs", _WORKDIR,
+            "--perms", "0644", "--file", str(code_fd), f"{_WORKDIR}/main.py",
+            "--remount-ro", "/", "--chdir", _WORKDIR]
+    return cmd
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(bwrap: str) -> str | None:
+    """None if bwrap can build our sandbox here, else why not (its stderr)."""
+    with tempfile.TemporaryFile() as code:
+        code.write(b"pass\n")
+        code.seek(0)
+        cmd = [*_bwrap_cmd(bwrap, 1, code.fileno()), _interpreter(), "-S", "-c", "import os; os.getpid()"]
+        try:
+            res = subprocess.run(cmd, pass_fds=[code.fileno()], env=_minimal_env(_WORKDIR), capture_output=True,
+                                 timeout=30, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+    if res.returncode != 0:
+        return res.stderr.decode("utf-8", "replace").strip()[-500:] or f"exit code {res.returncode}"
+    return None
+
+
+def isolation_problem() -> str | None:
+    """Why OS-level isolation is unavailable here, or None when it works."""
+    bwrap = shutil.which("bwrap", path=os.environ.get("PATH", _PATH) + os.pathsep + _PATH)
+    if bwrap is None:
+        return "bubblewrap (`bwrap`) is not installed"
+    problem = _probe(bwrap)
+    return f"bubblewrap cannot create a sandbox here: {problem}" if problem else None
+
+
+def _bwrap_or_refuse() -> str | None:
+    """The bwrap path, or None when the user opted into running without isolation."""
+    problem = isolation_problem()
+    if problem is None:
+        return shutil.which("bwrap", path=os.environ.get("PATH", _PATH) + os.pathsep + _PATH)
+    if _allow_unsandboxed():
+        _log.warning("SANDBOX DISABLED: %s; running model-written code with process limits only because "
+                     "%s=1. It can read your files and use the network.", problem, UNSAFE_ENV)
+        return None
+    raise SandboxUnavailable(
+        f"{problem}: refusing to run model-written code without OS-level isolation. Install it "
+        f"(Debian/Ubuntu: `apt-get install bubblewrap`), or set {UNSAFE_ENV}=1 to run it anyway "
+        "with process limits only (unsafe: the code can read your files and reach the network)."
+    )
+
+
 def _read_capped(f: IO[bytes], limit: int) -> tuple[str, bool]:
     f.seek(0)
     data = f.read(limit + 1)
@@ -206,37 +349,49 @@ def run_python(
     max_output_bytes: int = 64 * 1024,
     files_mb: int = 16,
     max_open_files: int = 64,
+    disk_mb: int = 64,
+    max_processes: int = 16,
 ) -> SandboxResult:
     """Run ``code`` as ``__main__`` in a fresh sandbox and wait at most ``timeout_s`` (wall).
 
-    ``memory_mb`` bounds the address space, ``files_mb`` every file written, stdout and
-    stderr included. Safe to call from several threads at once.
+    ``memory_mb`` bounds each process's address space, ``files_mb`` every file written
+    (stdout and stderr included), ``disk_mb`` all files together, ``max_processes`` the
+    processes alive at once. Safe to call from several threads at once. Raises
+    :class:`SandboxUnavailable` when isolation is impossible and the user did not opt out.
     """
+    bwrap = _bwrap_or_refuse()
     cpu_s = max(1, math.ceil(timeout_s)) + 1  # a backstop; the wall clock usually ends it first
-    workdir = tempfile.mkdtemp(prefix="archon-sandbox-")
+    limits = [str(memory_mb * 1024 * 1024), str(cpu_s), str(files_mb * 1024 * 1024), str(max_open_files)]
+    workdir = None if bwrap else tempfile.mkdtemp(prefix="archon-sandbox-")
     with (
         tempfile.TemporaryFile() as out_f,
         tempfile.TemporaryFile() as err_f,
         tempfile.TemporaryFile() as in_f,
+        tempfile.TemporaryFile() as code_f,
     ):
         try:
-            path = os.path.join(workdir, "main.py")
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(code)
             in_f.write(stdin.encode("utf-8"))
             in_f.seek(0)
-            cmd = [sys.executable, "-S"]
+            py = [_interpreter(), "-S"]
             if sys.version_info >= (3, 11):
-                cmd.append("-P")
-            cmd += [
-                "-c", _BOOTSTRAP,
-                str(memory_mb * 1024 * 1024), str(cpu_s), str(files_mb * 1024 * 1024), str(max_open_files),
-                str(MEMORY_EXIT_CODE), "main.py",
-            ]
+                py.append("-P")
+            if bwrap:
+                code_f.write(code.encode("utf-8"))
+                code_f.seek(0)
+                cmd = [*_bwrap_cmd(bwrap, disk_mb, code_f.fileno()), *py, "-c", _BOOTSTRAP,
+                       "1" if _root_mode() else "0", *limits, str(max_processes)]
+                cwd, home, fds = "/", _WORKDIR, [code_f.fileno()]
+            else:  # the user opted out of isolation: process limits and audit hook only
+                assert workdir is not None
+                with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as f:
+                    f.write(code)
+                cmd = [*py, "-c", _BOOTSTRAP, "0", *limits, "0"]  # RLIMIT_NPROC would count all the user's
+                cwd, home, fds = workdir, workdir, []
+            cmd += [str(MEMORY_EXIT_CODE), "main.py"]
             started = time.monotonic()
             proc = subprocess.Popen(
-                cmd, cwd=workdir, env=_minimal_env(workdir), stdin=in_f, stdout=out_f, stderr=err_f,
-                close_fds=True, start_new_session=True,
+                cmd, cwd=cwd, env=_minimal_env(home), stdin=in_f, stdout=out_f, stderr=err_f,
+                close_fds=True, pass_fds=fds, start_new_session=True,
             )
             try:
                 timed_out = not _wait_exit(proc, timeout_s)
@@ -247,11 +402,14 @@ def run_python(
                     proc.wait(timeout=_KILL_GRACE_S)
             duration = time.monotonic() - started
             rc = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+            if bwrap and 128 < rc < 128 + 65:  # bwrap's init reports a signal death as 128 + signal
+                rc = -(rc - 128)
             timed_out = timed_out or rc == -signal.SIGXCPU  # the CPU-seconds backstop
             stdout, cut_out = _read_capped(out_f, max_output_bytes)
             stderr, cut_err = _read_capped(err_f, max_output_bytes)
         finally:
-            _remove_tree(workdir)
+            if workdir:
+                _remove_tree(workdir)
     return SandboxResult(
         returncode=rc,
         stdout=stdout,

@@ -14,6 +14,7 @@ the only retry loop and every retry is visible in one place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import threading
@@ -23,10 +24,13 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from archon.backends.registry import ModelSpec
+from archon.backends.replicas import ReplicaPicker
 from archon.backends.router import missing_runs
 from archon.backends.types import (
     GenerationRequest,
     GenerationResult,
+    RewardRequest,
+    RewardResult,
     Sample,
     ScoreRequest,
     ScoreResult,
@@ -36,6 +40,11 @@ from archon.backends.types import (
 from archon.errors import BackendError
 
 T = TypeVar("T")
+
+
+class _Transient(Exception):
+    """One attempt failed in a way a retry may fix; the message says how (which timeout...)."""
+
 
 # Worth retrying: the server may recover. Other 4xx (unknown model, bad request, auth)
 # will fail the same way again, so they raise at once.
@@ -63,7 +72,7 @@ class OpenAIBackend:
     """
 
     backoff_base_s = 0.5
-    backoff_cap_s = 8.0
+    backoff_cap_s = 5.0
 
     def __init__(self, name: str, spec: ModelSpec) -> None:
         urls = [u.rstrip("/") for u in spec.base_urls()]
@@ -83,7 +92,8 @@ class OpenAIBackend:
         self.served: Counter[str] = Counter()
         self._api_key = key
         self._n_cap: int | None = None
-        self._next_url = 0
+        self.replicas = ReplicaPicker(urls, spec.routing)
+        self._replica_usage: dict[str, Usage] = {}
         self._clients: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -125,10 +135,12 @@ class OpenAIBackend:
 
     def _client(self, url: str) -> Any:
         if url not in self._clients:
+            import httpx
             from openai import AsyncOpenAI
 
             self._clients[url] = AsyncOpenAI(
-                base_url=url, api_key=self._api_key, timeout=self.spec.timeout_s, max_retries=0)
+                base_url=url, api_key=self._api_key, max_retries=0,
+                timeout=httpx.Timeout(self.spec.timeout_s, connect=self.spec.connect_timeout_s))
         return self._clients[url]
 
     @staticmethod
@@ -152,35 +164,36 @@ class OpenAIBackend:
         sent = f" (server model {self.model!r})" if self.model != self.name else ""
         return f"model {self.name!r}{sent}"
 
-    async def _call(self, endpoint: str, hint: str = "", **kwargs: Any) -> tuple[Any, str]:
-        """Send one request; returns (response, url that answered).
+    async def _call(self, endpoint: str, hint: str = "", route_key: str = "", **kwargs: Any) -> tuple[Any, str, int]:
+        """Send one request to the replica the routing policy picks for ``route_key`` (the
+        prompt: see ``replicas.py``); returns (response, url that answered, retry rounds it took)."""
+        order = self.replicas.order(route_key)
+        try:
+            return await self._send(order, endpoint, hint, **kwargs)
+        finally:
+            self.replicas.finished(order[0])
 
-        Each round tries every URL once, starting at the round-robin pick, so a dead
-        replica costs one refused connection; only after a whole round fails does it back
-        off (exponential, jittered) and try again, ``max_retries`` times.
+    async def _send(self, order: list[str], endpoint: str, hint: str, **kwargs: Any) -> tuple[Any, str, int]:
+        """Each round tries every URL once in ``order``, so a dead replica costs one refused
+        connection; only after a whole round fails does it back
+        off (exponential, jittered) and try again, for up to ``retry_window_s`` after the
+        first failure (and at most ``max_retries`` rounds when that is set), so a server
+        that restarts within the window is waited for.
         """
         import openai
 
         assert self._sem is not None
-        start = self._next_url
-        self._next_url = (start + 1) % len(self.urls)
-        order = self.urls[start:] + self.urls[:start]
         last = ""
-        for attempt in range(self.spec.max_retries + 1):
-            if attempt:
-                delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        rounds = 0
+        first_failure: float | None = None
+        while True:
             for url in order:
-                client = self._client(url)
-                create = client.chat.completions.create if endpoint == "chat" else client.completions.create
                 try:
                     async with self._sem:
-                        response = await create(model=self.model, **kwargs)
-                except openai.APITimeoutError:
-                    last = f"{url}: no answer within timeout_s={self.spec.timeout_s:g}"
-                    continue
-                except openai.APIConnectionError as exc:
-                    last = f"{url}: connection failed ({exc.__cause__ or exc})"
+                        response = await self._attempt(url, endpoint, kwargs)
+                except _Transient as exc:
+                    last = str(exc)
+                    self.replicas.failed(url)
                     continue
                 except openai.APIStatusError as exc:
                     status = exc.status_code
@@ -189,12 +202,72 @@ class OpenAIBackend:
                         continue
                     raise BackendError(self._scrub(self._status_message(url, status, exc.message, hint))) from None
                 self.served[url] += 1
-                return response, url
-        tries = self.spec.max_retries + 1
+                return response, url, rounds
+            rounds += 1
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            left = first_failure + self.spec.retry_window_s - now
+            limit = self.spec.max_retries
+            if left <= 0 or (limit is not None and rounds > limit):
+                break
+            delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (rounds - 1)) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(min(delay, left))
+        waited = time.monotonic() - first_failure
         raise BackendError(self._scrub(
-            f"{self._who()}: no answer from {', '.join(self.urls)} after {tries} "
-            f"attempt{'s' if tries > 1 else ''}{' per URL' if len(self.urls) > 1 else ''}; last error: {last}. "
-            "Is the server running at that URL?"))
+            f"{self._who()}: no answer from {', '.join(self.urls)} after {rounds} "
+            f"attempt{'s' if rounds > 1 else ''}{' per URL' if len(self.urls) > 1 else ''} over {waited:.1f}s "
+            f"(retry_window_s={self.spec.retry_window_s:g}); last error: {last}. Is the server running at that URL?"))
+
+    async def _attempt(self, url: str, endpoint: str, kwargs: dict[str, Any]) -> Any:
+        """One HTTP request, with the three timeouts told apart.
+
+        connect: ``connect_timeout_s`` (httpx). First byte: a non-streaming answer only
+        arrives when generation is done, so after ``first_byte_timeout_s`` without one the
+        server is asked ``GET /models``; no reply to that either means it is hung, and the
+        request is abandoned. Generation: the whole answer within ``timeout_s`` (httpx read).
+        Transient failures raise :class:`_Transient` saying which one happened.
+        """
+        import httpx
+        import openai
+
+        client = self._client(url)
+        if endpoint == "chat":
+            create = client.chat.completions.create
+        elif endpoint == "completions":
+            create = client.completions.create
+        else:  # a vLLM route outside the OpenAI API, e.g. /pooling (served at the root, not /v1)
+            create = functools.partial(self._post, client, f"{_root(url)}/{endpoint}")
+        task = asyncio.ensure_future(create(model=self.model, **kwargs))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.spec.first_byte_timeout_s)
+            if not done and not await self._alive(client):
+                raise _Transient(f"{url}: first-byte timeout: nothing within first_byte_timeout_s="
+                                 f"{self.spec.first_byte_timeout_s:g}, and GET /models got no reply (a hung server?)")
+            return await task
+        except openai.APITimeoutError as exc:
+            if isinstance(exc.__cause__, httpx.ConnectTimeout):
+                raise _Transient(f"{url}: connect timeout: no TCP connection within connect_timeout_s="
+                                 f"{self.spec.connect_timeout_s:g}") from None
+            raise _Transient(f"{url}: generation timeout: no complete answer within timeout_s="
+                             f"{self.spec.timeout_s:g}") from None
+        except openai.APIConnectionError as exc:
+            raise _Transient(f"{url}: connection failed ({exc.__cause__ or exc})") from None
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _alive(self, client: Any) -> bool:
+        """Does the server answer a cheap request while ours is pending? (any HTTP status counts)"""
+        import openai
+
+        try:
+            await client.with_options(timeout=min(10.0, self.spec.first_byte_timeout_s)).models.list()
+        except openai.APIStatusError:
+            return True
+        except (openai.APIConnectionError, openai.APITimeoutError):
+            return False
+        return True
 
     def _status_message(self, url: str, status: int, message: str, hint: str) -> str:
         text = f"{self._who()}: HTTP {status} from {url}: {message[:300]}"
@@ -255,18 +328,20 @@ class OpenAIBackend:
                 kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
             if r.logprobs:
                 kwargs.update(logprobs=True, top_logprobs=r.top_logprobs)
-            response, _ = await self._call("chat", messages=messages, **kwargs)
+            response, url, retries = await self._call("chat", route_key=r.prefix_text(), messages=messages, **kwargs)
             for c in sorted(response.choices, key=lambda c: c.index):
                 lp = _chat_logprobs(c.logprobs, r.top_logprobs) if r.logprobs else None
                 parsed.append((c.message.content or "", c.finish_reason or "stop", lp))
         else:
             if r.logprobs:
                 kwargs["logprobs"] = r.top_logprobs
-            response, _ = await self._call("completions", prompt=r.prompt + r.assistant_prefix, **kwargs)
+            response, url, retries = await self._call(
+                "completions", route_key=r.prefix_text(), prompt=r.prompt + r.assistant_prefix, **kwargs)
             for c in sorted(response.choices, key=lambda c: c.index):
                 lp = _completion_logprobs(c.logprobs, r.top_logprobs) if r.logprobs else None
                 parsed.append((c.text, c.finish_reason or "stop", lp))
-        usage = _usage(response)
+        usage = self._count(url, _usage(response))
+        usage.retries = retries
         counts = _split_tokens(usage.completion_tokens, [lp for _, _, lp in parsed])
         samples = [Sample(text=text, finish_reason=finish, logprobs=lp, completion_tokens=k)
                    for (text, finish, lp), k in zip(parsed, counts, strict=True)]
@@ -297,8 +372,9 @@ class OpenAIBackend:
     async def _score_continuation(self, prompt: str, continuation: str) -> tuple[list[float], Usage]:
         text = prompt + continuation
         hint = "Scoring sends echo=True, logprobs=1 to /completions; this server may not support echo"
-        response, url = await self._call(
-            "completions", hint=hint, prompt=text, max_tokens=1, temperature=0.0, echo=True, logprobs=1)
+        response, url, retries = await self._call(
+            "completions", hint=hint, route_key=text, prompt=text, max_tokens=1, temperature=0.0, echo=True,
+            logprobs=1)
         choice = response.choices[0] if response.choices else None
         lp = choice.logprobs if choice is not None else None
         if choice is None or lp is None or not lp.tokens or not lp.token_logprobs or not choice.text.startswith(text):
@@ -309,11 +385,76 @@ class OpenAIBackend:
             value for start, end, value in _token_spans(text, lp.tokens, lp.text_offset, lp.token_logprobs)
             if start < len(text) and end > len(prompt) and value is not None  # first token has none
         ]
-        return values, _usage(response)
+        usage = self._count(url, _usage(response))
+        usage.retries = retries
+        return values, usage
+
+    # -- per-replica observability -------------------------------------------------------
+
+    def _count(self, url: str, usage: Usage) -> Usage:
+        self._replica_usage[url] = self._replica_usage.get(url, Usage()) + usage
+        return usage
+
+    def stats(self) -> dict[str, dict[str, float | None]]:
+        """Per replica URL: answered requests, tokens, and the prefix-cache hit rate the server
+        reported (``None`` where it reports no cached tokens), beside the router's own estimate."""
+        routed = self.replicas.stats()
+        out: dict[str, dict[str, float | None]] = {}
+        for url in self.urls:
+            u = self._replica_usage.get(url, Usage())
+            reported = u.cached_prompt_tokens / u.prompt_tokens if u.prompt_tokens and u.cached_prompt_tokens else None
+            out[url] = {"requests": self.served[url], "prompt_tokens": u.prompt_tokens,
+                        "cached_prompt_tokens": u.cached_prompt_tokens, "server_hit_rate": reported,
+                        **routed[url]}
+        return out
+
+    # -- reward / pooling models ------------------------------------------------------------
+
+    @staticmethod
+    async def _post(client: Any, url: str, **body: Any) -> Any:
+        return await client.post(url, cast_to=object, body=body)
+
+    def reward(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
+        """A vLLM server's ``/pooling`` endpoint (``vllm serve MODEL --runner pooling``), one
+        HTTP request per text, all concurrent; chat messages are templated by the server."""
+        return self._run(self._gather([self._reward_one(r) for r in requests]))
+
+    async def _reward_one(self, request: RewardRequest) -> RewardResult:
+        started = time.perf_counter()
+        hint = "Reward models are read from vLLM's /pooling endpoint (start the server with --runner pooling)"
+        if request.messages is not None:
+            body: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in request.messages],
+                                    "add_generation_prompt": request.messages[-1].role != "assistant"}
+        else:
+            body = {"input": request.prompt}
+        response, url, _ = await self._call("pooling", hint=hint, route_key=request.prefix_text(), **body)
+        items = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(items, list) or not items:
+            raise BackendError(f"{self._who()}: {url} answered /pooling without `data`; is it a pooling model?")
+        usage = _usage(response)
+        usage.latency_s = time.perf_counter() - started
+        return RewardResult(_pooled_rows(items[0].get("data")), usage)
+
+
+def _pooled_rows(data: Any) -> list[list[float]]:
+    """vLLM's pooling ``data``: a scalar, a vector, or one row per pooled position."""
+    if isinstance(data, (int, float)):
+        return [[float(data)]]
+    if data and all(isinstance(x, (int, float)) for x in data):
+        return [[float(x) for x in data]]
+    return [[float(v) for v in (row if isinstance(row, list) else [row])] for row in data]
+
+
+def _root(url: str) -> str:
+    """``http://host:port/v1`` -> ``http://host:port`` (vLLM serves its pooling routes at the root)."""
+    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 def _usage(response: Any) -> Usage:
-    u = getattr(response, "usage", None)
+    u = response.get("usage") if isinstance(response, dict) else getattr(response, "usage", None)
+    if isinstance(u, dict):
+        return Usage(calls=1, prompt_tokens=int(u.get("prompt_tokens") or 0),
+                     completion_tokens=int(u.get("completion_tokens") or 0))
     usage = Usage(calls=1)
     if u is not None:
         usage.prompt_tokens = u.prompt_tokens or 0

@@ -10,12 +10,23 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from archon.backends.accounting import CallTag, UsageLedger, flops_for
 from archon.backends.base import Backend
-from archon.backends.cache import CallCache, sample_key
+from archon.backends.cache import CallCache, result_key, sample_key
 from archon.backends.registry import EMBEDDED_NAME, ModelRegistry, ModelSpec, resolve_embedded_path
-from archon.backends.types import GenerationRequest, GenerationResult, Sample, ScoreRequest, ScoreResult, Usage
+from archon.backends.types import (
+    GenerationRequest,
+    GenerationResult,
+    RewardRequest,
+    RewardResult,
+    Sample,
+    ScoreRequest,
+    ScoreResult,
+    Usage,
+)
+from archon.errors import BackendError
 
 BackendFactory = Callable[[str, ModelSpec], Backend]
 
@@ -35,6 +46,10 @@ def default_backend_factory(name: str, spec: ModelSpec) -> Backend:
         from archon.backends.openai_compat import OpenAIBackend
 
         return OpenAIBackend(name, spec)
+    if spec.backend == "http_reward":
+        from archon.backends.http_reward import HTTPRewardBackend
+
+        return HTTPRewardBackend(name, spec)
     raise ValueError(f"unknown backend kind {spec.backend!r}")
 
 
@@ -80,8 +95,9 @@ class ModelRouter:
             self.registry.get(r.model)  # fail before any call on an unknown model
         samples: list[dict[int, Sample]] = [{} for _ in requests]
         hits = [0] * len(requests)
+        identities = {m: self.registry.get(m).identity(m) for m in {r.model for r in requests}}
         keys: list[list[str]] = [
-            [sample_key(r, r.sample_offset + i) for i in range(r.n)] for r in requests
+            [sample_key(r, r.sample_offset + i, identities[r.model]) for i in range(r.n)] for r in requests
         ]
         if self.cache is not None:
             found = self.cache.get_many([k for ks in keys for k in ks])
@@ -123,26 +139,60 @@ class ModelRouter:
 
     def score(self, requests: Sequence[ScoreRequest],
               tags: Sequence[CallTag] | None = None) -> list[ScoreResult]:
+        """Log-probabilities of continuations: batched per model, call-cached, in the ledger."""
+        return self._deterministic(requests, tags, "score",
+                                   lambda r: {"logprobs": r.logprobs, "token_logprobs": r.token_logprobs},
+                                   lambda d: ScoreResult(d["logprobs"], d["token_logprobs"]),
+                                   lambda r: len(r.continuations))
+
+    def reward(self, requests: Sequence[RewardRequest],
+               tags: Sequence[CallTag] | None = None) -> list[RewardResult]:
+        """Reward / pooling model outputs: batched per model, call-cached, in the ledger."""
+        for r in requests:
+            backend = self.backend(r.model)
+            if not hasattr(backend, "reward"):
+                raise BackendError(f"model {r.model!r} ({self.registry.get(r.model).backend}) cannot run a reward "
+                                   "model; serve it with `backend: vllm` and `task: reward`, or an OpenAI-compatible "
+                                   "vLLM server (`backend: openai`)")
+        return self._deterministic(requests, tags, "reward", lambda r: {"rows": r.rows},
+                                   lambda d: RewardResult(d["rows"]), lambda r: 1)
+
+    def _deterministic(self, requests, tags, kind, encode, decode, count):  # type: ignore[no-untyped-def]
+        """Score and reward calls: the same content always gives the same result, so the
+        cache key is the request itself; hits cost nothing and are counted as hits."""
         tags = list(tags) if tags is not None else [CallTag()] * len(requests)
+        if len(tags) != len(requests):
+            raise ValueError(f"{kind}: one tag per request")
+        out: list[Any] = [None] * len(requests)
+        keys = [result_key(r) for r in requests]
+        found = self.cache.get_results(keys) if self.cache is not None else {}
         by_model: dict[str, list[int]] = defaultdict(list)
         for idx, r in enumerate(requests):
             self.registry.get(r.model)
-            by_model[r.model].append(idx)
-        out: list[ScoreResult | None] = [None] * len(requests)
+            if keys[idx] in found:
+                out[idx] = decode(found[keys[idx]])
+                out[idx].usage = Usage(cache_hits=1)
+            else:
+                by_model[r.model].append(idx)
 
-        def run_model(model: str) -> list[tuple[int, ScoreResult]]:
+        def run_model(model: str) -> list[tuple[int, Any]]:
             idxs = by_model[model]
-            results = self.backend(model).score([requests[i] for i in idxs])
-            self.calls.append(BackendCall(model, "score", len(idxs), sum(len(requests[i].continuations) for i in idxs)))
+            results = getattr(self.backend(model), kind)([requests[i] for i in idxs])
+            self.calls.append(BackendCall(model, kind, len(idxs), sum(count(requests[i]) for i in idxs)))
             return list(zip(idxs, results, strict=True))
 
+        fresh: list[tuple[str, Any]] = []
         for idx, res in self._fan_out(list(by_model), run_model):
             spec = self.registry.get(requests[idx].model)
             u = res.usage
             u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
-            self.ledger.record(tags[idx], requests[idx].model, u)
             out[idx] = res
-        return [r for r in out if r is not None]
+            fresh.append((keys[idx], encode(res)))
+        if self.cache is not None:
+            self.cache.put_results(fresh)
+        for idx, r in enumerate(requests):
+            self.ledger.record(tags[idx], r.model, out[idx].usage)
+        return out
 
     @staticmethod
     def _fan_out(models: list[str], fn):  # type: ignore[no-untyped-def]

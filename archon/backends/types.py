@@ -19,6 +19,11 @@ class Message:
     content: str
 
 
+def chat(system: str | None, user: str) -> tuple[Message, ...]:
+    """The one place a system prompt is prepended: ``(system?, user)`` as messages."""
+    return ((Message("system", system),) if system else ()) + (Message("user", user),)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One prompt sent to one model for ``n`` samples.
@@ -92,6 +97,36 @@ class ScoreRequest:
         return body + "\nassistant:" + self.assistant_prefix
 
 
+@dataclass(frozen=True)
+class RewardRequest:
+    """A reward / pooling model's output for one text (Qwen2.5-Math-PRM, ORMs, classifiers).
+
+    ``messages`` are rendered with the model's own chat template (no generation prompt when
+    the last turn is the assistant's: the scored answer sits there, step tags included);
+    ``prompt`` is sent as is. The backend returns the pooled rows (a PRM: one row of class
+    probabilities per step tag; an ORM: one row); what a row means is the scorer's business.
+    """
+
+    model: str
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    step_tag: str | None = None
+    """The token marking the end of each step (``<extra_0>``): the backend returns one row per tag."""
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("RewardRequest needs exactly one of `prompt` or `messages`")
+
+    @property
+    def assistant_prefix(self) -> str:  # the budget's prompt estimate reads it
+        return ""
+
+    def prefix_text(self) -> str:
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(f"{m.role}:{m.content}" for m in self.messages or ())
+
+
 @dataclass
 class TokenLogprob:
     token: str
@@ -124,6 +159,7 @@ class Usage:
     latency_s: float = 0.0
     flops: float = 0.0
     cache_hits: int = 0
+    retries: int = 0  # transient failures retried before the answer came (server restarts, 5xx)
 
     @property
     def total_tokens(self) -> int:
@@ -138,9 +174,12 @@ class Usage:
             latency_s=self.latency_s + other.latency_s,
             flops=self.flops + other.flops,
             cache_hits=self.cache_hits + other.cache_hits,
+            retries=self.retries + other.retries,
         )
 
     def to_dict(self) -> dict[str, int | float]:
+        """``retries`` appears only when some happened, so the usual rows keep their shape."""
+        extra: dict[str, int | float] = {"retries": self.retries} if self.retries else {}
         return {
             "prompt_tokens": self.prompt_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
@@ -150,6 +189,7 @@ class Usage:
             "latency_s": round(self.latency_s, 6),
             "flops": self.flops,
             "cache_hits": self.cache_hits,
+            **extra,
         }
 
 
@@ -169,4 +209,12 @@ class ScoreResult:
 
     logprobs: list[float]
     token_logprobs: list[list[float]]
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class RewardResult:
+    """The pooled rows of one ``RewardRequest`` (empty when the call was skipped)."""
+
+    rows: list[list[float]]
     usage: Usage = field(default_factory=Usage)

@@ -41,6 +41,8 @@ from archon.backends.registry import ModelSpec
 from archon.backends.types import (
     GenerationRequest,
     GenerationResult,
+    RewardRequest,
+    RewardResult,
     Sample,
     ScoreRequest,
     ScoreResult,
@@ -159,8 +161,17 @@ class VLLMBackend:
         }
         if self.spec.max_model_len is not None:
             kwargs["max_model_len"] = self.spec.max_model_len
-        if self.spec.tensor_parallel_size != 1:
-            kwargs["tensor_parallel_size"] = self.spec.tensor_parallel_size
+        if self.spec.task == "reward":
+            kwargs["runner"] = "pooling"  # reward / PRM heads (Qwen2ForProcessRewardModel, ...)
+        # vLLM's own parallelism, passed through only when set: on one GPU (or CPU) the
+        # defaults are vLLM's. data_parallel_size > 1 runs replicas inside this one engine.
+        for key, value in (("tensor_parallel_size", self.spec.tensor_parallel_size),
+                           ("pipeline_parallel_size", self.spec.pipeline_parallel_size),
+                           ("data_parallel_size", self.spec.data_parallel_size)):
+            if value != 1:
+                kwargs[key] = value
+        if self.spec.distributed_executor_backend is not None:
+            kwargs["distributed_executor_backend"] = self.spec.distributed_executor_backend
         if _on_cpu():
             # CUDA graphs do not exist on CPU and compiling costs ~90 s of start-up.
             kwargs["enforce_eager"] = True if self.spec.enforce_eager is None else self.spec.enforce_eager
@@ -351,6 +362,78 @@ class VLLMBackend:
             res.usage.prompt_tokens += end
             res.usage.cached_prompt_tokens += min(int(out.num_cached_tokens or 0), end)
         self._split_latency([res.usage for res in results], elapsed)
+        return results
+
+    # -- reward / pooling models ---------------------------------------------------------
+
+    def reward_ids(self, request: RewardRequest) -> list[int]:
+        """Token ids of a reward request: the chat template without a generation prompt when
+        the scored answer is the last (assistant) turn, as PRMs are trained."""
+        self._get_engine()
+        tok = self._tokenizer
+        if request.prompt is not None:
+            return list(tok.encode(request.prompt, add_special_tokens=True))
+        assert request.messages is not None
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            text = tok.apply_chat_template(messages, tokenize=False,
+                                           add_generation_prompt=request.messages[-1].role != "assistant")
+        except ValueError as exc:
+            raise BackendError(f"model {self.name!r} has no chat template; use `format: raw` in the scorer") from exc
+        return list(tok.encode(text, add_special_tokens=False))
+
+    def _tag_id(self, tag: str | None) -> int | None:
+        if not tag:
+            return None
+        ids = list(self._tokenizer.encode(tag, add_special_tokens=False))
+        if len(ids) != 1:
+            raise BackendError(f"model {self.name!r}: the step tag {tag!r} is {len(ids)} tokens, not one; "
+                               "use a tag that is a single token of this model (Qwen2.5-Math-PRM: <extra_0>)")
+        return int(ids[0])
+
+    def reward(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
+        """Pooled outputs of a reward model, every request in one ``llm.encode`` call.
+
+        A step-pooling PRM (Qwen2ForProcessRewardModel) returns one row per step tag itself
+        (the tag id goes in ``PoolingParams.step_tag_id``); a token-wise reward model returns
+        one row per token, of which the rows at the step tags are kept (the last row when the
+        text has no tag: an outcome reward)."""
+        if not requests:
+            return []
+        if self.spec.task != "reward":
+            raise BackendError(f"model {self.name!r} is not a reward model; set `task: reward` under `models:`")
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        engine = self._get_engine()
+        llm = engine.llm
+        pooler = llm.llm_engine.model_config.pooler_config
+        step_pooling = getattr(pooler, "tok_pooling_type", None) == "STEP"
+        ids_list = [self.reward_ids(r) for r in requests]
+        tags = [self._tag_id(r.step_tag) for r in requests]
+        for ids in ids_list:
+            self._check_length(len(ids), 0)
+        params = [PoolingParams(step_tag_id=tag) if (step_pooling and tag is not None) else PoolingParams()
+                  for tag in tags]
+        with engine.lock:
+            start = time.perf_counter()
+            outputs = llm.encode([TokensPrompt(prompt_token_ids=ids) for ids in ids_list], params,
+                                 pooling_task=llm.pooling_task, use_tqdm=False)
+            elapsed = time.perf_counter() - start
+        results = []
+        for ids, tag, out in zip(ids_list, tags, outputs, strict=True):
+            data = out.outputs.data
+            rows = data.tolist() if hasattr(data, "tolist") else data
+            if not isinstance(rows, list):
+                rows = [[float(rows)]]
+            elif rows and not isinstance(rows[0], list):
+                rows = [rows] if not step_pooling and len(rows) != len(ids) else [[float(x)] for x in rows]
+            if not step_pooling and len(rows) == len(ids):  # token-wise: keep the step-tag rows
+                at = [i for i, t in enumerate(ids) if t == tag] if tag is not None else []
+                rows = [rows[i] for i in at] or rows[-1:]
+            results.append(RewardResult([[float(v) for v in row] for row in rows],
+                                        Usage(prompt_tokens=len(ids), calls=1)))
+        self._split_latency([r.usage for r in results], elapsed)
         return results
 
     # -- prefix cache -----------------------------------------------------------------

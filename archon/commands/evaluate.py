@@ -14,17 +14,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from archon.errors import ArchonError, BackendError, ConfigError
+from archon.commands.console import fail
+from archon.errors import ArchonError
 
 err = Console(stderr=True)
 out = Console()
 
 
 def _fail(exc: ArchonError) -> typer.Exit:
-    kind = "config error" if isinstance(exc, ConfigError) else (
-        "backend error" if isinstance(exc, BackendError) else "error")
-    err.print(f"[bold red]{kind}:[/] {escape(str(exc))}", highlight=False)
-    return typer.Exit(2 if isinstance(exc, ConfigError) else 3)
+    return fail(exc)
 
 
 def load_pipeline(config: Path, *, model: str | None, no_cache: bool, cache: Path | None,
@@ -37,11 +35,11 @@ def load_pipeline(config: Path, *, model: str | None, no_cache: bool, cache: Pat
 def summary_table(s: Any) -> Table:
     from archon.benchmarks.leaderboard import fmt_score
 
-    table = Table(show_header=False, title=f"{s.name} on {s.benchmark}", title_justify="left")
+    table = Table(show_header=False, title=escape(f"{s.name} on {s.benchmark}"), title_justify="left")
     table.add_row(s.metric, fmt_score(s) + f"  ({s.graded}/{s.n} graded" + (f", {s.errors} errors" if s.errors else "")
                   + ("" if s.complete else f", {s.n}/{s.n_total} done") + ")")
     if s.coverage is not None:
-        table.add_row("coverage", f"{100 * s.coverage:.1f}%  ({s.coverage_source})")
+        table.add_row("coverage", escape(f"{100 * s.coverage:.1f}%  ({s.coverage_source})"))
     if s.pass_at_k:
         table.add_row("pass@k", ", ".join(f"@{k} {100 * v:.1f}%" for k, v in s.pass_at_k.items()))
     table.add_row("tokens / query", f"{s.tokens_per_query:,.1f}  ({s.prompt_tokens_per_query:,.1f} prompt, "

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from archon.commands.console import fail
 from archon.errors import ConfigError
 
 
@@ -78,8 +79,7 @@ def import_archon_command(
     try:
         mapping = parse_model_map(model_map or [])
     except ConfigError as exc:
-        err.print(f"[bold red]config error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     if source.is_dir():
         files = sorted(p for p in source.rglob("*.json") if p.is_file())
         if not files:

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
+from archon.commands.console import print_error
 from archon.errors import ArchonError, ConfigError
 
 err = Console(stderr=True)
@@ -49,8 +49,7 @@ def leaderboard_command(
             html_file.write_text(lb.render_html(groups, png))
             err.print(f"[dim]wrote {html_file}[/]")
     except ArchonError as exc:
-        err.print(f"[bold red]{'config error' if isinstance(exc, ConfigError) else 'error'}:[/] {escape(str(exc))}",
-                  highlight=False)
+        print_error(exc)
         raise typer.Exit(2) from None
     if format == "table" and output is None:
         for table in lb.rich_tables(groups):

@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from archon.errors import ArchonError, BackendError, ConfigError
+from archon.commands.console import fail
+from archon.errors import ArchonError, ConfigError
 
 err = Console(stderr=True)
 out = Console()
@@ -98,10 +99,7 @@ def search_command(
                 seed=seed, storage=storage, study=study, out_dir=out_dir, cache=cache, no_cache=no_cache,
                 skip_margin=skip_margin, timeout=timeout, winner_eval=winner_eval, plots=plots)
     except ArchonError as exc:
-        kind = "config error" if isinstance(exc, ConfigError) else (
-            "backend error" if isinstance(exc, BackendError) else "error")
-        err.print(f"[bold red]{kind}:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2 if isinstance(exc, ConfigError) else 3) from None
+        raise fail(exc) from None
 
 
 def _parse_rungs(text: str) -> tuple[float, ...]:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from archon.backends.types import GenerationRequest, ScoreRequest, Usage
+from archon.backends.types import GenerationRequest, RewardRequest, ScoreRequest, Usage
+
+Request = GenerationRequest | ScoreRequest | RewardRequest
 
 
 class Budget(BaseModel):
@@ -26,14 +28,14 @@ class Budget(BaseModel):
         return any(v is not None for v in (self.max_tokens, self.max_calls, self.max_flops))
 
 
-def estimate_prompt_tokens(request: GenerationRequest | ScoreRequest) -> int:
+def estimate_prompt_tokens(request: Request) -> int:
     text = request.prompt if request.prompt is not None else " ".join(m.content for m in request.messages or ())
     return (len(text) + len(request.assistant_prefix)) // 4 + 8
 
 
 @dataclass
 class Decision:
-    request: GenerationRequest | ScoreRequest | None
+    request: Request | None
     note: str | None = None
 
 
@@ -56,7 +58,7 @@ class BudgetTracker:
         flops = (b.max_flops - self.spent.flops - self.reserved_flops) if b.max_flops else inf
         return tokens, calls, flops
 
-    def admit(self, request: GenerationRequest | ScoreRequest) -> Decision:
+    def admit(self, request: Request) -> Decision:
         if not self.budget.is_set():
             return Decision(request)
         tokens_room, calls_room, flops_room = self._room()
@@ -64,8 +66,8 @@ class BudgetTracker:
             return Decision(None, f"skipped a call to {request.model}: call budget spent")
         prompt = estimate_prompt_tokens(request)
         flops_per_token = 2.0 * (self.parameters.get(request.model) or 0.0)
-        if isinstance(request, ScoreRequest):
-            cost = prompt * len(request.continuations)
+        if isinstance(request, (ScoreRequest, RewardRequest)):
+            cost = prompt * (len(request.continuations) if isinstance(request, ScoreRequest) else 1)
             if cost > tokens_room or cost * flops_per_token > flops_room:
                 return Decision(None, f"skipped scoring on {request.model}: budget spent")
             self._reserve(cost, cost * flops_per_token)

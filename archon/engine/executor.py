@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 
 from archon.backends.accounting import CallTag
 from archon.backends.router import ModelRouter
-from archon.backends.types import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult, Usage
+from archon.backends.types import (
+    GenerationRequest,
+    GenerationResult,
+    RewardRequest,
+    RewardResult,
+    ScoreRequest,
+    ScoreResult,
+    Usage,
+)
 from archon.data import CallRecord, Candidate, NodeTrace, Query, QueryResult
 from archon.engine.budget import Budget, BudgetTracker
 from archon.engine.graph import PipelineGraph
@@ -42,6 +50,7 @@ class _QueryState:
     traces: list[NodeTrace] = field(default_factory=list)
     usage_by_node: dict[str, Usage] = field(default_factory=dict)
     error: str | None = None
+    budget_skips: list[str] = field(default_factory=list)  # calls the budget refused
 
     def usage(self) -> Usage:
         return sum(self.usage_by_node.values(), Usage())
@@ -116,6 +125,7 @@ class Executor:
                 return
             gen: list[tuple[_Task, int, GenerationRequest]] = []
             score: list[tuple[_Task, int, ScoreRequest]] = []
+            reward: list[tuple[_Task, int, RewardRequest]] = []
             answers: dict[int, list[ModelResult | None]] = {id(t): [None] * len(t.pending) for t in live}
             for task in live:
                 tracker = trackers.get(task.query.id)
@@ -127,10 +137,12 @@ class Executor:
                     if decision.note:
                         task.ctx.note(decision.note)
                     if decision.request is None:
-                        answers[id(task)][i] = (GenerationResult([]) if isinstance(request, GenerationRequest)
-                                                else ScoreResult([], []))
+                        states[task.query.id].budget_skips.append(decision.note or "call skipped: budget spent")
+                        answers[id(task)][i] = _skipped(request)
                     elif isinstance(decision.request, GenerationRequest):
                         gen.append((task, i, decision.request))
+                    elif isinstance(decision.request, RewardRequest):
+                        reward.append((task, i, decision.request))
                     else:
                         score.append((task, i, decision.request))
             if gen:
@@ -148,6 +160,15 @@ class Executor:
                     task.trace.calls.append(CallRecord(model=req.model, prompt=req.prefix_text(),
                                                        n=len(req.continuations),
                                                        outputs=[f"{lp:.4f}" for lp in res.logprobs],
+                                                       usage=res.usage.to_dict()))
+            if reward:
+                tags = [CallTag(t.node, t.query.id) for t, _, _ in reward]
+                for (task, i, req), res in zip(reward, self.router.reward([r for _, _, r in reward], tags),
+                                               strict=True):
+                    answers[id(task)][i] = res
+                    self._account(task, states, res.usage)
+                    task.trace.calls.append(CallRecord(model=req.model, prompt=req.prefix_text(), n=1,
+                                                       outputs=[" ".join(f"{v:.4f}" for v in row) for row in res.rows],
                                                        usage=res.usage.to_dict()))
             for qid, tracker in trackers.items():
                 tracker.settle(states[qid].usage())
@@ -174,8 +195,24 @@ class Executor:
             usage_by_node={n: u.to_dict() for n, u in state.usage_by_node.items()},
             latency_s=elapsed,
             trace=state.traces,
-            error=state.error,
+            error=state.error or _starved(best is None, state.budget_skips),
         )
+
+
+def _skipped(request: ModelRequest) -> ModelResult:
+    """The empty result a technique receives for a call the budget skipped."""
+    if isinstance(request, GenerationRequest):
+        return GenerationResult([])
+    if isinstance(request, RewardRequest):
+        return RewardResult([])
+    return ScoreResult([], [])
+
+
+def _starved(no_answer: bool, skips: list[str]) -> str | None:
+    """An empty answer because the budget refused calls is an error of that row, not a silent 0."""
+    if no_answer and skips:
+        return f"budget: no answer within the budget ({len(skips)} call(s) skipped; first: {skips[0]})"
+    return None
 
 
 def _is_backend_failure(exc: Exception) -> bool:

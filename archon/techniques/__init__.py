@@ -1,7 +1,12 @@
-"""Techniques are DAG nodes. ``TECHNIQUES`` maps the names used in YAML to classes."""
+"""Techniques are DAG nodes. ``TECHNIQUES`` maps the names used in YAML to classes.
+
+Add your own with ``TECHNIQUES.register("name", MyTechnique)`` or name it in YAML as
+``package.module:MyTechnique``.
+"""
 
 from __future__ import annotations
 
+from archon.registry import Registry
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams
 from archon.techniques.beam import BeamSearch
 from archon.techniques.critique import Critique
@@ -19,11 +24,15 @@ from archon.techniques.unit_tests import NLUnitTests, UnitTests
 from archon.techniques.verify import Verify
 from archon.techniques.vote import Vote
 
-TECHNIQUES: dict[str, type[Technique]] = {
-    cls.name: cls for cls in (Generate, Critique, Rank, Fuse, Verify, Vote, Select)
-}
-TECHNIQUES.update({cls.name: cls for cls in (Score, BestOfN, Rerank, UnitTests, NLUnitTests, Refine)})
-TECHNIQUES.update({cls.name: cls for cls in (SpecReason, ParticleSteering, BeamSearch, SolveDetectVerify)})
+
+def _is_technique(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, Technique)
+
+
+TECHNIQUES: Registry[type[Technique]] = Registry("technique", _is_technique)
+for _cls in (Generate, Critique, Rank, Fuse, Verify, Vote, Select, Score, BestOfN, Rerank, UnitTests, NLUnitTests,
+             Refine, SpecReason, ParticleSteering, BeamSearch, SolveDetectVerify):
+    TECHNIQUES.register(_cls.name, _cls)
 
 __all__ = [
     "TECHNIQUES", "Critique", "Defaults", "Fuse", "Generate", "NodeContext", "Program", "Rank", "Select",

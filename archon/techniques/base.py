@@ -18,11 +18,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from archon.backends.types import GenerationRequest, GenerationResult, Message, ScoreRequest, ScoreResult
+from archon.backends.types import GenerationRequest, GenerationResult, Message, Sample, chat
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate, Query
+from archon.scoring.base import ModelRequest, ModelResult, ScoreContext
 
-ModelRequest = GenerationRequest | ScoreRequest
-ModelResult = GenerationResult | ScoreResult
 Program = Generator[list[ModelRequest], list[ModelResult], list[Candidate]]
 
 
@@ -59,6 +59,8 @@ class NodeContext:
     defaults: Defaults
     rng: random.Random
     notes: list[str] = field(default_factory=list)
+    step_scores: dict[tuple[str, ...], float] = field(default_factory=dict)
+    """Per-step scores already computed for this query, by step prefix (step searches)."""
 
     def note(self, message: str) -> None:
         self.notes.append(message)
@@ -80,6 +82,24 @@ class Technique(ABC):
     def models(self, defaults: Defaults) -> list[str]:
         return [self.params.model or defaults.model]
 
+    # -- what the technique knows about itself (read by config, the search and its cost model) --
+
+    @classmethod
+    def model_params(cls) -> tuple[str, ...]:
+        """Parameters holding model names (``archon run --model X`` rewrites them). By default
+        ``model``, ``*_model``, ``drafter`` and ``judge``; scorer parameters are found apart."""
+        return tuple(name for name in cls.Params.model_fields
+                     if name in ("model", "drafter", "judge") or name.endswith("_model"))
+
+    def output_count(self, inputs: int) -> int:
+        """How many candidates this node hands on for ``inputs`` candidates in."""
+        return 1 if self.consumes == "query" else inputs
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow] | None:
+        """Estimated calls per query and the candidates handed on; None: no estimate (the
+        search then never skips this technique on a guess)."""
+        return None
+
     @abstractmethod
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         """Yield request lists, receive results, return output candidates."""
@@ -97,13 +117,11 @@ class Technique(ABC):
         """
         p = self.params
         system = p.system if p.system is not None else ctx.defaults.system
-        messages: list[Message] = []
-        if system and not (history and history[0].role == "system"):
-            messages.append(Message("system", system))
         if history:
-            messages.extend(history)
+            lead = [Message("system", system)] if system and history[0].role != "system" else []
+            messages = [*lead, *history]
         else:
-            messages.append(Message("user", user))
+            messages = list(chat(system, user))
         return GenerationRequest(
             model=model or p.model or ctx.defaults.model,
             messages=tuple(messages),
@@ -118,6 +136,16 @@ class Technique(ABC):
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
+
+    def score_context(self, ctx: NodeContext, *, samples: Sequence[Sample | None] | None = None,
+                      prior: Sequence[Sequence[float]] | None = None) -> ScoreContext:
+        """What a scorer run by this node may use: the node's model, seed, token limit, system
+        prompt and trace notes (plus the candidates' generations and known step scores)."""
+        p = self.params
+        return ScoreContext(model=p.model or ctx.defaults.model, seed=ctx.defaults.seed,
+                            max_tokens=p.max_tokens or ctx.defaults.max_tokens,
+                            system=p.system if p.system is not None else ctx.defaults.system,
+                            samples=samples, prior=prior, note=ctx.note)
 
     def describe(self) -> dict[str, Any]:
         return {"technique": self.name, **self.params.model_dump(exclude_defaults=True)}

@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import Field
 
 from archon.data import Candidate
+from archon.scoring import order_by_score
 from archon.techniques.base import Defaults, NodeContext, Program
 from archon.techniques.steps import NAN, RewardStepParams, StepTechnique, Trace, is_nan, samples_of
 from archon.verifiers.answers import extract_final_answer
@@ -60,11 +61,7 @@ class Beam:
 
 def best_first(beams: list[Beam], how: str) -> list[Beam]:
     """Highest aggregated reward first; beams without a reward last; ties keep the order."""
-    def key(i: int) -> tuple[bool, float, int]:
-        s = beams[i].score(how)
-        return (is_nan(s), -s if not is_nan(s) else 0.0, i)
-
-    return [beams[i] for i in sorted(range(len(beams)), key=key)]
+    return [beams[i] for i in order_by_score([b.score(how) for b in beams])]
 
 
 class BeamSearch(StepTechnique):
@@ -72,6 +69,9 @@ class BeamSearch(StepTechnique):
     Params = BeamParams
     description = "step-level beam search with a process reward (diverse: DVTS)"
     params: BeamParams
+
+    def output_count(self, inputs: int) -> int:
+        return self.params.beam_width
 
     def models(self, defaults: Defaults) -> list[str]:
         return list(dict.fromkeys([self.params.model or defaults.model, *self.reward_models(defaults)]))
@@ -105,7 +105,7 @@ class BeamSearch(StepTechnique):
             if not expansions:
                 ctx.note(f"beam: step {step + 1} skipped (budget)")
                 break
-            rewards = yield from self.step_rewards(ctx, question, [e.trace.text for e in expansions], samples)
+            rewards = yield from self.step_rewards(ctx, question, [e.trace for e in expansions], samples)
             for e, r in zip(expansions, rewards, strict=True):
                 if is_nan(r):
                     missing += 1
@@ -133,7 +133,8 @@ class BeamSearch(StepTechnique):
             out.append(Candidate(text=text, answer=extract_final_answer(text), node=ctx.node_id, model=model,
                                  scores={} if is_nan(b.score(how)) else {"reward": b.score(how)},
                                  metadata={"subtree": b.subtree, "steps": len(b.trace), "finish": b.trace.finish,
-                                           "rewards": b.rewards}))
+                                           "rewards": b.rewards, "step_scores": self.step_scores(ctx, b.trace),
+                                           "score_key": "reward"}))
         if not out:
             ctx.note("beam: no beam wrote a step")
         return out

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from archon import prompts
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
 from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams, first_text
 
@@ -55,6 +56,16 @@ class Critique(Technique):
     Params = CritiqueParams
     description = "an LLM critique attached to every candidate (one call each, or Archon's comparative call)"
     params: CritiqueParams
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        n, q = c.inputs.count, c.question
+        if self.params.mode == "comparative":
+            prompt = q + prompts.template_tokens("critique_comparative.j2") + n * c.inputs.length
+            calls = [CallCost(c.model, prompt, n * c.max_tokens, 1)] if n else []
+        else:
+            prompt = q + prompts.template_tokens("critique.j2") + c.inputs.length
+            calls = [CallCost(c.model, n * prompt, n * c.max_tokens, n)] if n else []
+        return calls, Flow(n, c.inputs.length + c.max_tokens)
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if not inputs:

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from archon import prompts
 from archon.backends.types import GenerationResult
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams
 from archon.verifiers.answers import extract_final_answer
@@ -25,6 +26,21 @@ class Fuse(Technique):
 
     def models(self, defaults: Defaults) -> list[str]:
         return list(self.params.fusers or [self.params.model or defaults.model])
+
+    @classmethod
+    def model_params(cls) -> tuple[str, ...]:
+        return ("model", "fusers")
+
+    def output_count(self, inputs: int) -> int:
+        return len(self.params.fusers or [None]) * self.params.samples if inputs else 0
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        n, k = c.inputs.count, self.params.samples
+        if not n:
+            return [], Flow()
+        fusers = self.params.fusers or [c.model]
+        prompt = c.question + prompts.template_tokens("fuse.j2") + n * c.inputs.length
+        return [CallCost(m, k * prompt, k * c.max_tokens, 1) for m in fusers], Flow(len(fusers) * k, c.max_tokens)
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if not inputs:

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from archon import prompts
 from archon.backends.types import GenerationResult, Message
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams
 from archon.verifiers.answers import extract_final_answer
@@ -29,6 +30,19 @@ class Generate(Technique):
 
     def models(self, defaults: Defaults) -> list[str]:
         return list(self.params.models or [self.params.model or defaults.model])
+
+    @classmethod
+    def model_params(cls) -> tuple[str, ...]:
+        return ("model", "models")
+
+    def output_count(self, inputs: int) -> int:
+        return self.params.samples * len(self.params.models or [None])
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        k = self.params.samples
+        models = self.params.models or [c.model]
+        prompt = c.question + prompts.template_tokens("generate.j2")
+        return [CallCost(m, k * prompt, k * c.max_tokens, 1) for m in models], Flow(k * len(models), c.max_tokens)
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         query = ctx.query

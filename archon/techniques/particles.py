@@ -138,6 +138,9 @@ class ParticleSteering(StepTechnique):
     description = "particle filtering / Feynman-Kac steering over reasoning steps with a step reward"
     params: ParticleParams
 
+    def output_count(self, inputs: int) -> int:
+        return self.params.particles
+
     def models(self, defaults: Defaults) -> list[str]:
         return list(dict.fromkeys([self.params.model or defaults.model, *self.reward_models(defaults)]))
 
@@ -181,7 +184,7 @@ class ParticleSteering(StepTechnique):
                 else:
                     moved.append((i, sample))
             if moved:
-                rewards = yield from self.step_rewards(ctx, question, [parts[i].trace.text for i, _ in moved],
+                rewards = yield from self.step_rewards(ctx, question, [parts[i].trace for i, _ in moved],
                                                        [s for _, s in moved])
                 for (i, _), r in zip(moved, rewards, strict=True):
                     if is_nan(r):
@@ -216,7 +219,8 @@ class ParticleSteering(StepTechnique):
             cands.append(Candidate(text=text, answer=extract_final_answer(text), node=ctx.node_id, model=model,
                                    scores={"weight": w} if is_nan(reward) else {"reward": reward, "weight": w},
                                    metadata={"particle": i, "ancestors": pt.ancestors, "steps": len(pt.trace),
-                                             "finish": pt.trace.finish, "rewards": pt.rewards}))
+                                             "finish": pt.trace.finish, "rewards": pt.rewards,
+                                             "step_scores": self.step_scores(ctx, pt.trace), "score_key": "reward"}))
         if not any(c.text for c in cands):
             ctx.note("particles: no particle wrote a step")
             return []

@@ -19,8 +19,11 @@ from typing import Literal
 from pydantic import Field
 
 from archon import prompts
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
-from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams, first_text
+from archon.scoring import OptionalScorerField, order_by_score
+from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams, first_text
+from archon.techniques.score import score_candidates
 
 _ID = re.compile(r"\[(\d+)\]|(?:response|candidate)\s*#?(\d+)|\b(\d+)\b", re.IGNORECASE)
 
@@ -29,6 +32,8 @@ class RankParams(TechniqueParams):
     top_k: int = Field(3, ge=1, description="how many candidates to keep")
     use_critiques: bool = Field(True, description="show critiques attached by an earlier critique node")
     max_retries: int = Field(2, ge=0, le=5, description="re-asks when no ranking can be parsed")
+    scorer: OptionalScorerField = Field(None, description="rank by this scorer's scores instead of one listwise "
+                                                          "LLM prompt (e.g. {type: pairwise} or a reward model)")
     parse: Literal["lenient", "archon"] = Field(
         "lenient", description="lenient: identifiers anywhere in the reply; archon: bracketed ones on its first line")
 
@@ -54,7 +59,30 @@ class Rank(Technique):
     description = "listwise LLM ranking, keep top-k"
     params: RankParams
 
+    def models(self, defaults: Defaults) -> list[str]:
+        if self.params.scorer is None:
+            return super().models(defaults)
+        return list(self.params.scorer.models(self.params.model or defaults.model))
+
+    def output_count(self, inputs: int) -> int:
+        return min(self.params.top_k, inputs)
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        n = c.inputs.count
+        out = Flow(min(float(self.params.top_k), n), c.inputs.length)
+        if self.params.scorer is not None:
+            return (self.params.scorer.estimate(c) if n > 1 else []), out
+        if n <= 1:
+            return [], out
+        prompt = c.question + prompts.template_tokens("rank.j2") + n * c.inputs.length
+        return [CallCost(c.model, prompt, float(self.params.max_tokens or 64), 1)], out
+
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
+        if self.params.scorer is not None and len(inputs) > 1:
+            key = self.params.scorer.key
+            scored = yield from score_candidates(self, ctx, inputs, self.params.scorer, key)
+            order = order_by_score([c.scores.get(key) for c in scored])
+            return self._ranked(scored, order)
         if len(inputs) <= 1:
             return [c.derive(scores={**c.scores, "rank_score": 1.0}) for c in inputs]
         shown = inputs if self.params.use_critiques else [c.derive(critique=None) for c in inputs]
@@ -76,7 +104,11 @@ class Rank(Technique):
         if not order:
             ctx.note("no parsable ranking; kept the input order")
         order += [i for i in range(len(inputs)) if i not in order]
+        return self._ranked(inputs, order)
+
+    def _ranked(self, inputs: list[Candidate], order: list[int]) -> list[Candidate]:
         n = len(inputs)
-        ranked = [inputs[i].derive(scores={**inputs[i].scores, "rank_score": (n - pos) / n})
+        ranked = [inputs[i].derive(scores={**inputs[i].scores, "rank_score": (n - pos) / n},
+                                   metadata={**inputs[i].metadata, "score_key": "rank_score"})
                   for pos, i in enumerate(order)]
         return ranked[: self.params.top_k]

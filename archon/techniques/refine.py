@@ -20,8 +20,8 @@ from pydantic import Field
 
 from archon import prompts
 from archon.data import Candidate
+from archon.scoring.parsing import parse_verdict
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams, first_text
-from archon.techniques.verify import parse_verdict
 from archon.verifiers.answers import extract_final_answer
 
 

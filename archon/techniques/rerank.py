@@ -42,10 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from archon import prompts
 from archon.data import Candidate
+from archon.scoring import NAN, OptionalScorerField, order_by_score
 from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams, first_text
-from archon.verifiers.scorers import order_by_score
-
-NAN = float("nan")
+from archon.techniques.score import score_candidates
 
 
 class Criterion(BaseModel):
@@ -112,6 +111,8 @@ class RerankParams(TechniqueParams):
                                       min_length=1, description="named criteria with weights (answer_quality)")
     max_criteria: int = Field(5, ge=1, le=10, description="most criteria accepted from the proposal "
                                                           "(answer_quality two_turn)")
+    scorer: OptionalScorerField = Field(None, description="rerank by this scorer instead of the criteria prompt "
+                                                          "(e.g. a reward model)")
 
 
 def _pattern(name: str) -> re.Pattern[str]:
@@ -228,13 +229,23 @@ class Rerank(Technique):
     def mode(self) -> str:
         return self.params.mode or ("two_turn" if self.params.preset == "rebel" else "one_turn")
 
+    def output_count(self, inputs: int) -> int:
+        return inputs if self.params.top_k is None else min(self.params.top_k, inputs)
+
     def models(self, defaults: Defaults) -> list[str]:
-        return [self.params.model or defaults.model]
+        if self.params.scorer is None:
+            return super().models(defaults)
+        return list(self.params.scorer.models(self.params.model or defaults.model))
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
         if not inputs:
             ctx.note("no candidates to rerank")
             return []
+        if self.params.scorer is not None:
+            key = self.params.scorer.key
+            scored = yield from score_candidates(self, ctx, inputs, self.params.scorer, key)
+            ranked = [scored[i] for i in order_by_score([c.scores.get(key) for c in scored])]
+            return ranked if self.params.top_k is None else ranked[: self.params.top_k]
         if self.params.preset == "rebel":
             return (yield from self.run_rebel(ctx, inputs))
         return (yield from self.run_answer_quality(ctx, inputs))
@@ -283,11 +294,13 @@ class Rerank(Technique):
                     final = rebel_final(relevance, props, p.properties)
                     extra = {f"rebel.{n.lower()}": v for n, v in props.items()}
                     ranked.append((final, batch[idx].derive(scores={**batch[idx].scores, **extra,
-                                                                   "rebel.relevance": relevance, "rebel": final})))
+                                                                   "rebel.relevance": relevance, "rebel": final},
+                                                             metadata={**batch[idx].metadata, "score_key": "rebel"})))
                 found = len(rows)
             else:
                 pairs = parse_doc_lines(text, len(batch))
-                ranked.extend((score, batch[idx].derive(scores={**batch[idx].scores, "rebel": score}))
+                ranked.extend((score, batch[idx].derive(scores={**batch[idx].scores, "rebel": score},
+                                                         metadata={**batch[idx].metadata, "score_key": "rebel"}))
                               for idx, score in pairs)
                 found = len(pairs)
             if not found:
@@ -342,7 +355,8 @@ class Rerank(Technique):
             values.append(value)
             if parsed:
                 extra = {f"criteria.{n.replace(' ', '_')}": v for n, v in parsed.items()}
-                scored.append(cand.derive(scores={**cand.scores, **extra, "criteria": value}))
+                scored.append(cand.derive(scores={**cand.scores, **extra, "criteria": value},
+                                          metadata={**cand.metadata, "score_key": "criteria"}))
             else:
                 scored.append(cand)
         ranked = [scored[i] for i in order_by_score(values)]

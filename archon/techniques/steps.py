@@ -27,36 +27,36 @@ archon's rule, which needs nothing beyond ``text`` and ``finish_reason``:
 4. a backend that does tell end-of-sequence apart (``finish_reason`` ``"eos"``,
    ``"end_of_turn"``, ``"eos_token"``) ends the trace at once, keeping the text.
 
-**Step rewards** are computed by yielding requests, like a technique: ``step_rewards`` is a
-sub-generator ``(ctx, question, partials, samples) -> list[float]`` (``nan`` = no signal,
-e.g. a skipped call). Built in (``reward:`` parameter):
+**Step rewards** come from a scorer (``archon.scoring``), the ``scorer:`` parameter. Each
+round the search hands it every new partial solution with its steps; the scorer returns
+per-step scores (``nan`` = no signal, e.g. a skipped call) and its ``aggregation`` (``last``,
+``min``, ``prod``, ``mean``) makes the partial's reward. Scores of steps already scored are
+remembered per query and passed as ``prior``, so prefix-by-prefix scorers only ask about new
+steps. Common choices:
 
-- ``self_logprob``: the generator's own mean token log-probability of the new step (the
+- ``{type: judge, mode: digit}`` (default): an LLM rates the partial solution 0-9 with ONE
+  constrained token; the probability-weighted mean digit / 9.
+- ``{type: judge, mode: yes_no}``: P(" Yes") / (P(" Yes") + P(" No")) after "Is this
+  partial solution correct so far?".
+- ``{type: logprob}``: the generator's own mean token log-probability of the new step (the
   generation requests carry ``logprobs=True``; no extra call). Values are <= 0.
-- ``judge``: an LLM rates the partial solution 0-9 with ONE constrained token
-  (``max_tokens=1, logprobs=True, top_logprobs=10``); the reward is the probability-weighted
-  mean digit over the digit tokens among the top 10 (``judge_mode: weighted``) or the
-  greedy digit (``greedy``), divided by 9 (so in [0, 1]).
-- ``score``: a ``ScoreRequest`` for ``" Yes"`` vs ``" No"`` after "Is this partial solution
-  correct so far?": the reward is P(Yes) / (P(Yes) + P(No)).
-- ``scorer``: any ``archon.verifiers.scorers`` scorer (``scorer: {type: reward_model, ...}``
-  for a process reward model served by vLLM, ``{type: judge}``, ...) run on the partials.
-
-Register more with ``STEP_REWARDS["name"] = fn`` (same signature as the built-ins).
+- ``{type: token_prm, ...}``: a Math-Shepherd style token-probability PRM on any causal LM.
+- ``{type: reward_model, model: prm}``: a process reward model such as Qwen2.5-Math-PRM
+  served by vLLM (``models: {prm: {backend: vllm, task: reward, path: ...}}``).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
-from pydantic import Field, field_serializer, field_validator
+from pydantic import Field
 
 from archon import prompts
-from archon.backends.types import GenerationRequest, GenerationResult, Message, Sample, ScoreRequest, ScoreResult
+from archon.backends.types import GenerationRequest, GenerationResult, Message, Sample, ScoreRequest, chat
+from archon.scoring import NAN, Scorer, ScorerField, is_missing, make_scorer
+from archon.scoring.parsing import digit_score, yes_probability
 from archon.techniques.base import (
     Defaults,
     ModelRequest,
@@ -66,8 +66,8 @@ from archon.techniques.base import (
     TechniqueParams,
 )
 
-NAN = float("nan")
 RewardProgram = Generator[list[ModelRequest], list[ModelResult], list[float]]
+is_nan = is_missing  # the name the step searches use
 
 _ANSWER_LINE = re.compile(r"(?im)^[\s>*#_]*(?:final\s+)?answer\s*[*_]*\s*[:：]\s*[*_]*\s*\S")
 _GSM8K = re.compile(r"####\s*\S")
@@ -174,68 +174,6 @@ def samples_of(result: ModelResult | None) -> list[Sample]:
     return list(result.samples) if isinstance(result, GenerationResult) else []
 
 
-# -- reading one-token judgements -------------------------------------------------------------
-
-def _top_of(sample: Sample) -> dict[str, float]:
-    if not sample.logprobs:
-        return {}
-    first = sample.logprobs[0]
-    top = dict(first.top)
-    top.setdefault(first.token, first.logprob)
-    return top
-
-
-def digit_score(sample: Sample | None, mode: str = "weighted") -> float | None:
-    """A 0-9 score from the first token: the probability-weighted mean digit over the digit
-    tokens among the top log-probs (``weighted``) or the greedy digit (``greedy``).
-
-    Without log-probabilities the first digit of the text is used. None: no digit at all.
-    """
-    if sample is None:
-        return None
-    digits: dict[int, float] = {}
-    for piece, lp in _top_of(sample).items():
-        s = piece.strip()
-        if len(s) == 1 and s.isdigit():
-            digits[int(s)] = digits.get(int(s), 0.0) + math.exp(lp)
-    if not digits:
-        m = re.search(r"\d", sample.text)
-        return float(m.group(0)) if m else None
-    if mode == "greedy":
-        chosen = sample.logprobs[0].token.strip() if sample.logprobs else ""
-        if len(chosen) == 1 and chosen.isdigit():
-            return float(chosen)
-        return float(max(digits, key=lambda d: (digits[d], -d)))
-    total = sum(digits.values())
-    return sum(d * p for d, p in digits.items()) / total
-
-
-def yes_probability(result: ModelResult | None, yes: str = "yes", no: str = "no") -> float | None:
-    """P(yes) / (P(yes) + P(no)) from a ``ScoreRequest`` on (" Yes", " No") or from the top
-    log-probs of a one-token generation. None when the call was skipped or neither appears."""
-    if isinstance(result, ScoreResult):
-        if len(result.logprobs) < 2:
-            return None
-        a, b = result.logprobs[0], result.logprobs[1]
-        m = max(a, b)
-        pa, pb = math.exp(a - m), math.exp(b - m)
-        return pa / (pa + pb)
-    sample = first_sample(result)
-    if sample is None:
-        return None
-    p_yes = p_no = 0.0
-    for piece, lp in _top_of(sample).items():
-        s = piece.strip().lower()
-        if s == yes:
-            p_yes += math.exp(lp)
-        elif s == no:
-            p_no += math.exp(lp)
-    if p_yes + p_no == 0.0:
-        s = sample.text.strip().lower()
-        return 1.0 if s.startswith(yes) else 0.0 if s.startswith(no) else None
-    return p_yes / (p_yes + p_no)
-
-
 # -- parameters and the base class -------------------------------------------------------------
 
 class StepParams(TechniqueParams):
@@ -248,43 +186,15 @@ class StepParams(TechniqueParams):
                                                          "(variables: question, delimiter)")
 
 
-def _check_reward(value: str) -> str:
-    if value not in STEP_REWARDS and ":" not in value:
-        raise ValueError(f"unknown step reward {value!r}; use one of {sorted(STEP_REWARDS)} or package.module:function")
-    return value
+def _default_step_scorer() -> Scorer:
+    return make_scorer({"type": "judge", "mode": "digit"})
 
 
 class RewardStepParams(StepParams):
-    reward: str = Field("judge", description="step reward: judge | score | self_logprob | scorer | module:function")
-    judge: str | None = Field(None, description="model computing judge/score rewards (default: the node's model)")
-    judge_mode: str = Field("weighted", pattern="^(weighted|greedy)$",
-                            description="judge reward: probability-weighted digit mean or the greedy digit")
-    judge_template: str | None = Field(None, description="jinja2 file overriding the step judge prompt "
-                                                         "(variables: question, partial)")
-    scorer: Any = Field(None, description="reward: scorer: an archon.verifiers.scorers spec, e.g. "
-                                           "{type: reward_model, base_url: ...}")
-
-    @field_validator("reward")
-    @classmethod
-    def _known_reward(cls, value: str) -> str:
-        return _check_reward(value)
-
-    @field_validator("scorer", mode="before")
-    @classmethod
-    def _make_scorer(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        from archon.verifiers.scorers import make_scorer
-
-        return make_scorer(value)
-
-    @field_serializer("scorer")
-    def _dump_scorer(self, value: Any) -> Any:
-        if value is None:
-            return None
-        from archon.verifiers.scorers import scorer_spec
-
-        return scorer_spec(value)
+    scorer: ScorerField = Field(default_factory=_default_step_scorer,
+                                description="the step reward: any archon.scoring scorer, e.g. {type: judge, "
+                                            "mode: digit} (default), {type: logprob}, {type: token_prm}, "
+                                            "{type: reward_model, model: prm}")
 
 
 class StepTechnique(Technique):
@@ -320,8 +230,7 @@ class StepTechnique(Technique):
         return Trace(delimiter=self.params.delimiter)
 
     def messages(self, ctx: NodeContext, user: str) -> tuple[Message, ...]:
-        system = self.params.system if self.params.system is not None else ctx.defaults.system
-        return ((Message("system", system),) if system else ()) + (Message("user", user),)
+        return chat(self.params.system if self.params.system is not None else ctx.defaults.system, user)
 
     def judge_digit_request(self, ctx: NodeContext, user: str, model: str,
                             prefix: str = "Score (0-9): ") -> GenerationRequest:
@@ -337,110 +246,57 @@ class StepTechnique(Technique):
         t = self.params.temperature
         return t if t is not None else ctx.defaults.temperature
 
-    # -- step rewards --------------------------------------------------------------------------
+    # -- step rewards ------------------------------------------------------------------------
 
-    def reward_model(self, defaults: Defaults) -> str:
-        p = self.params
-        return getattr(p, "judge", None) or p.model or defaults.model
+    @property
+    def scorer(self) -> Scorer:
+        return getattr(self.params, "scorer", None) or _default_step_scorer()
 
     def reward_models(self, defaults: Defaults) -> list[str]:
-        """Models the reward calls (empty for self_logprob)."""
-        reward = getattr(self.params, "reward", "self_logprob")
-        if reward in ("judge", "score"):
-            return [self.reward_model(defaults)]
-        if reward == "scorer" and getattr(self.params, "scorer", None) is not None:
-            return list(self.params.scorer.models(self.params.model or defaults.model))  # type: ignore[attr-defined]
-        return []
+        """Models the step scorer calls (empty when it reads the generation's log-probs)."""
+        scorer = self.scorer
+        if scorer.uses_generation_logprobs():
+            return []
+        return list(scorer.models(self.params.model or defaults.model))
 
     def wants_logprobs(self) -> bool:
-        return getattr(self.params, "reward", "") == "self_logprob"
+        return self.scorer.uses_generation_logprobs()
 
-    def step_rewards(self, ctx: NodeContext, question: str, partials: Sequence[str],
+    def trace_steps(self, partial: Trace | str) -> list[str]:
+        """The steps of a partial solution as a scorer sees them (whitespace trimmed)."""
+        raw = partial.steps if isinstance(partial, Trace) else partial.split(self.params.delimiter)
+        return [s.strip() for s in raw if s.strip()]
+
+    def step_scores(self, ctx: NodeContext, partial: Trace | str) -> list[float]:
+        """The per-step scores known for ``partial`` (``nan`` where none was computed)."""
+        steps = self.trace_steps(partial)
+        return [ctx.step_scores.get(tuple(steps[: i + 1]), NAN) for i in range(len(steps))]
+
+    def step_rewards(self, ctx: NodeContext, question: str, partials: Sequence[Trace | str],
                      samples: Sequence[Sample | None] | None = None) -> RewardProgram:
-        """One reward per partial solution (``nan``: no signal), in at most one round."""
-        name = getattr(self.params, "reward", "self_logprob")
-        fn = STEP_REWARDS.get(name) or _load_reward(name)
-        samples = list(samples) if samples is not None else [None] * len(partials)
-        return (yield from fn(self, ctx, question, list(partials), samples))
-
-
-StepRewardFn = Callable[[StepTechnique, NodeContext, str, list[str], list[Sample | None]], RewardProgram]
-
-
-def _self_logprob(tech: StepTechnique, ctx: NodeContext, question: str, partials: list[str],
-                  samples: list[Sample | None]) -> RewardProgram:
-    out = []
-    for s in samples:
-        mean = s.mean_logprob() if s is not None else None
-        out.append(mean if mean is not None else NAN)
-    return out
-    yield []  # pragma: no cover
-
-
-def _judge(tech: StepTechnique, ctx: NodeContext, question: str, partials: list[str],
-           samples: list[Sample | None]) -> RewardProgram:
-    if not partials:
-        return []
-    p = tech.params
-    model = tech.reward_model(ctx.defaults)
-    requests: list[ModelRequest] = [
-        tech.judge_digit_request(ctx, prompts.render("steps_judge.j2", getattr(p, "judge_template", None),
-                                                     question=question, partial=partial), model)
-        for partial in partials]
-    results = yield requests
-    mode = getattr(p, "judge_mode", "weighted")
-    out = []
-    for res in results:
-        d = digit_score(first_sample(res), mode)
-        out.append(d / 9.0 if d is not None else NAN)
-    return out
-
-
-def _score(tech: StepTechnique, ctx: NodeContext, question: str, partials: list[str],
-           samples: list[Sample | None]) -> RewardProgram:
-    if not partials:
-        return []
-    model = tech.reward_model(ctx.defaults)
-    requests: list[ModelRequest] = [
-        tech.yes_no_request(ctx, prompts.render("steps_score.j2", None, question=question, partial=partial), model)
-        for partial in partials]
-    results = yield requests
-    return [v if (v := yes_probability(r)) is not None else NAN for r in results]
-
-
-def _scorer(tech: StepTechnique, ctx: NodeContext, question: str, partials: list[str],
-            samples: list[Sample | None]) -> RewardProgram:
-    scorer = getattr(tech.params, "scorer", None)
-    if scorer is None:
-        raise ValueError("reward: scorer needs a `scorer:` setting")
-    if not partials:
-        return []
-    from archon.verifiers.scorers import ScoreContext
-
-    values = yield from scorer.score(question, partials, ScoreContext.for_node(ctx, tech.params))
-    return [float(v) if v is not None else NAN for v in values]
-
-
-def _load_reward(path: str) -> StepRewardFn:
-    import importlib
-
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-
-
-STEP_REWARDS: dict[str, StepRewardFn] = {
-    "self_logprob": _self_logprob,
-    "judge": _judge,
-    "score": _score,
-    "scorer": _scorer,
-}
-
-
-def is_nan(x: float | None) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
+        """One reward per partial solution (``nan``: no signal), in at most one round: the
+        scorer's per-step scores, aggregated by its ``aggregation``."""
+        if not partials:
+            return []
+        scorer = self.scorer
+        steps = [self.trace_steps(p) for p in partials]
+        texts = [p.text if isinstance(p, Trace) else p.strip() for p in partials]
+        prior = []
+        for st in steps:
+            known: list[float] = []
+            while len(known) < len(st) and tuple(st[: len(known) + 1]) in ctx.step_scores:
+                known.append(ctx.step_scores[tuple(st[: len(known) + 1])])
+            prior.append(known)
+        sctx = self.score_context(ctx, samples=list(samples) if samples is not None else None, prior=prior)
+        per_step = yield from scorer.score(question, texts, sctx, steps=steps)
+        for st, row in zip(steps, per_step, strict=True):
+            for i, value in enumerate(row):
+                if not is_missing(value):
+                    ctx.step_scores[tuple(st[: i + 1])] = float(value)
+        return [scorer.reduce_steps(row) for row in per_step]
 
 
 __all__ = [
-    "STEP_REWARDS", "RewardStepParams", "StepParams", "StepTechnique", "Trace", "close_braces", "digit_score",
-    "has_final_answer", "yes_probability",
+    "NAN", "RewardStepParams", "StepParams", "StepTechnique", "Trace", "close_braces", "digit_score",
+    "has_final_answer", "is_nan", "yes_probability",
 ]

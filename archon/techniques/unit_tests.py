@@ -28,10 +28,8 @@ from pydantic import Field
 from archon import prompts
 from archon.backends.types import GenerationResult
 from archon.data import Candidate
+from archon.scoring import NAN, order_by_score
 from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams, first_text
-from archon.verifiers.scorers import order_by_score
-
-NAN = float("nan")
 
 _FENCE = re.compile(r"```[ \t]*([\w+\-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -102,7 +100,13 @@ class UnitTestsParams(TechniqueParams):
     top_k: int | None = Field(None, ge=1, description="candidates kept (null: all, best first)")
 
 
-class UnitTests(Technique):
+class _KeepsTopK(Technique):
+    def output_count(self, inputs: int) -> int:
+        top_k = getattr(self.params, "top_k", None)
+        return inputs if top_k is None else min(top_k, inputs)
+
+
+class UnitTests(_KeepsTopK):
     name = "unit_tests"
     Params = UnitTestsParams
     description = "LLM-written (or given) assert tests executed in the sandbox; rank by tests passed"
@@ -143,7 +147,8 @@ class UnitTests(Technique):
             fraction = sum(passed) / len(tests)
             values.append(fraction)
             out.append(cand.derive(scores={**cand.scores, "tests_passed": fraction},
-                                   metadata={**cand.metadata, "tests_passed": [bool(x) for x in passed]}))
+                                   metadata={**cand.metadata, "tests_passed": [bool(x) for x in passed],
+                                             "score_key": "tests_passed"}))
         ctx.note("tests passed: " + ", ".join(f"{sum(o)}/{len(tests)}" for o in outcomes))
         ranked = [out[i] for i in order_by_score(values)]
         return ranked if p.top_k is None else ranked[: p.top_k]
@@ -245,7 +250,7 @@ class NLUnitTestsParams(TechniqueParams):
     key: str = Field("nl_tests_passed", description="score name for the fraction judged passed")
 
 
-class NLUnitTests(Technique):
+class NLUnitTests(_KeepsTopK):
     name = "nl_unit_tests"
     Params = NLUnitTestsParams
     description = "Archon's natural-language unit tests: LLM-written, LLM-judged per candidate (not executed)"
@@ -290,6 +295,6 @@ class NLUnitTests(Technique):
             fraction = sum(verdicts.values()) / len(tests)
             values.append(fraction)
             out.append(cand.derive(scores={**cand.scores, p.key: fraction},
-                                   metadata={**cand.metadata, "nl_unit_tests": tests}))
+                                   metadata={**cand.metadata, "nl_unit_tests": tests, "score_key": p.key}))
         ranked = [out[i] for i in order_by_score(values)]
         return ranked if p.top_k is None else ranked[: p.top_k]

@@ -11,14 +11,21 @@ from typing import Literal
 
 from pydantic import Field
 
+from archon.cost import CallCost, CostInputs, Flow
 from archon.data import Candidate
-from archon.techniques.base import NodeContext, Program, Technique, TechniqueParams
+from archon.scoring import OptionalScorerField
+from archon.techniques.base import Defaults, NodeContext, Program, Technique, TechniqueParams
+from archon.techniques.score import score_candidates
 from archon.verifiers.answers import normalize_answer
 
 
 class VoteParams(TechniqueParams):
     method: Literal["majority", "weighted"] = "majority"
-    weight: str | None = Field(None, description="score name weighting each vote (method: weighted)")
+    weight: str | None = Field(None, description="score name weighting each vote (method: weighted; default: "
+                                                 "the scorer's key)")
+    scorer: OptionalScorerField = Field(None, description="method: weighted: score the candidates first with this "
+                                                          "scorer and weight each vote by its score (e.g. a PRM: "
+                                                          "weighted self-consistency)")
 
 
 def vote_key(c: Candidate) -> str:
@@ -39,7 +46,8 @@ def tally(candidates: list[Candidate], method: str = "majority", weight: str | N
     total = sum(totals.values()) or 1.0
     ordered = sorted(totals, key=lambda k: (-totals[k], first_seen[k]))
     rank = {k: r for r, k in enumerate(ordered)}
-    out = [c.derive(scores={**c.scores, "votes": totals[vote_key(c)] / total}) for c in candidates]
+    out = [c.derive(scores={**c.scores, "votes": totals[vote_key(c)] / total},
+                    metadata={**c.metadata, "score_key": "votes"}) for c in candidates]
     return sorted(out, key=lambda c: (rank[vote_key(c)], first_seen[vote_key(c)]))
 
 
@@ -49,11 +57,21 @@ class Vote(Technique):
     description = "majority / weighted vote over final answers"
     params: VoteParams
 
-    def models(self, defaults):  # type: ignore[no-untyped-def]
-        return []
+    def models(self, defaults: Defaults) -> list[str]:
+        scorer = self.params.scorer
+        return [] if scorer is None else list(scorer.models(self.params.model or defaults.model))
+
+    def estimate(self, c: CostInputs) -> tuple[list[CallCost], Flow]:
+        scorer = self.params.scorer
+        calls = scorer.estimate(c) if scorer is not None and self.params.method == "weighted" else []
+        return calls, c.inputs
 
     def run(self, ctx: NodeContext, inputs: list[Candidate]) -> Program:
-        if self.params.method == "weighted" and not self.params.weight:
-            ctx.note("weighted vote without `weight`: every vote counts 1")
-        return tally(inputs, self.params.method, self.params.weight)
-        yield []  # pragma: no cover - makes this a generator without model calls
+        p = self.params
+        weight = p.weight
+        if p.scorer is not None and p.method == "weighted" and inputs:
+            weight = weight or p.scorer.key
+            inputs = yield from score_candidates(self, ctx, inputs, p.scorer, weight)
+        if p.method == "weighted" and not weight:
+            ctx.note("weighted vote without `weight` or `scorer`: every vote counts 1")
+        return tally(inputs, p.method, weight)

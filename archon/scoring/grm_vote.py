@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NAN = float("nan")
+from archon.scoring.values import NAN
 
 
 @dataclass(frozen=True)
