@@ -80,7 +80,7 @@ def served(tmp_path_factory, llama) -> Iterator[ArchonServe]:
     folder = tmp_path_factory.mktemp("served")
     (folder / "duo.yaml").write_text(DUO)
     (folder / "single.yaml").write_text(SINGLE)  # no `name:`: served as its file stem
-    boom = tmp_path_factory.mktemp("templates") / "boom.j2"
+    boom = folder / "boom.j2"  # next to its config (templates elsewhere are refused); not a config itself
     boom.write_text("{{ 1 // 0 }}")
     (folder / "broken.yaml").write_text(BROKEN.replace("TEMPLATE", str(boom)))
     remote = tmp_path_factory.mktemp("remote") / "remote.yaml"
