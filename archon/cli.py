@@ -9,10 +9,18 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from archon.commands.console import err, fail, out
+from archon.commands.evaluate import RunningStats, set_scheduler
 from archon.errors import ArchonError, ConfigError
 
 app = typer.Typer(help="archon: inference-time scaling pipelines.", no_args_is_help=True,
@@ -43,7 +51,11 @@ def run(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL results; reruns resume")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print answer, usage and trace as JSON")] = False,
     model: ModelOpt = None,
-    batch_size: Annotated[int, typer.Option(help="queries run level-batched together")] = 8,
+    window: Annotated[int | None, typer.Option("--window", "-w", help="queries in flight at once (default: chosen "
+                                               "by the backend; with scheduler levels: the chunk size, 8)")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", hidden=True, help="old name of --window")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="dataflow or levels "
+                                                  "(default: the config's, else dataflow)")] = None,
     no_cache: NoCacheOpt = False,
     cache: CacheOpt = None,
 ) -> None:
@@ -53,6 +65,7 @@ def run(
         raise typer.Exit(2)
     try:
         pipe = _load(config, model, no_cache, cache)
+        set_scheduler(pipe, scheduler)
         with pipe:
             if input is not None:
                 result = pipe.run(input)
@@ -69,12 +82,14 @@ def run(
                     err.print(f"[red]{escape(result.error)}[/]")
                 return
             assert input_file is not None
-            _run_file(pipe, input_file, output, batch_size, as_json)
+            _run_file(pipe, input_file, output, window or batch_size, as_json)
     except ArchonError as exc:
         raise _fail(exc) from None
 
 
-def _run_file(pipe, input_file: Path, output: Path | None, batch_size: int, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _run_file(pipe, input_file: Path, output: Path | None, window: int | None, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Each result is written the moment its query finishes (fsynced when ``output`` is a
+    file), so a kill loses only unfinished queries and a rerun resumes."""
     from archon.pipeline import as_query
     from archon.results_io import append_jsonl, finished_ids, read_jsonl
 
@@ -91,19 +106,24 @@ def _run_file(pipe, input_file: Path, output: Path | None, batch_size: int, as_j
     todo = [q for q in queries if q.id not in done]
     if done:
         err.print(f"resuming: {len(queries) - len(todo)} of {len(queries)} already in {escape(str(output))}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    if pipe.scheduler == "levels" and window is None:
+        window = 8
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                   console=err) as progress:
-        task = progress.add_task(escape(pipe.name), total=len(queries), completed=len(queries) - len(todo))
-        for start in range(0, len(todo), max(1, batch_size)):
-            chunk = todo[start:start + batch_size]
-            results = pipe.run_batch(chunk)
-            rows = [_row(r, full=as_json) for r in results]
+        task = progress.add_task(escape(pipe.name), total=len(queries), completed=len(queries) - len(todo), stats="")
+        seen = RunningStats()
+
+        def emit(result) -> None:  # type: ignore[no-untyped-def]
+            row = _row(result, full=as_json)
             if output:
-                append_jsonl(output, rows)
+                append_jsonl(output, [row])
             else:
-                for row in rows:
-                    print(json.dumps(row, ensure_ascii=False))
-            progress.advance(task, len(chunk))
+                print(json.dumps(row, ensure_ascii=False), flush=True)
+            seen.add(row)
+            progress.update(task, advance=1, stats=seen.text())
+
+        pipe.run_batch(todo, on_result=emit, window=window)
 
 
 def _row(result, full: bool) -> dict:  # type: ignore[no-untyped-def]
@@ -184,7 +204,10 @@ def models_convert(
     src: Annotated[Path, typer.Argument(help="GGUF file")],
     dest: Annotated[Path, typer.Argument(help="output folder (Hugging Face layout)")],
 ) -> None:
-    """Convert a GGUF into a Hugging Face folder that vLLM can load (needs the [cpu] extra)."""
+    """Convert a GGUF into a Hugging Face folder that vLLM can load.
+
+    Needs the `cpu` extra: pip install "archon\\[cpu]".
+    """
     from archon.backends.convert import convert_gguf_to_hf
 
     try:

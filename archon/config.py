@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 import yaml
@@ -61,6 +61,10 @@ class PipelineConfig(BaseModel):
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     budget: Budget = Field(default_factory=Budget)
+    scheduler: Literal["dataflow", "levels"] = Field(
+        "dataflow", description="dataflow: each query's programs run as soon as their inputs exist; "
+                                "levels: all queries level by level in lockstep (one request per model per round)")
+    window: int | None = Field(None, ge=1, description="queries in flight (default: chosen by the backend)")
     nodes: list[NodeConfig] | None = None
     layers: list[list[NodeConfig]] | None = None
     output: str | None = None

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from archon.backends.cache import CallCache
 from archon.backends.registry import ModelRegistry, ModelSpec
@@ -15,6 +15,7 @@ from archon.backends.router import ModelRouter
 from archon.config import PipelineConfig, build_graph
 from archon.data import ChatMessage, Query, QueryResult
 from archon.engine.budget import Budget
+from archon.engine.dataflow import DataflowExecutor
 from archon.engine.executor import Executor
 from archon.engine.graph import PipelineGraph
 from archon.techniques.base import Defaults, Technique
@@ -49,6 +50,9 @@ def as_query(item: str | Query | dict[str, Any], index: int = 0) -> Query:
     return Query(id=qid, prompt=prompt, messages=msgs, metadata=data.pop("metadata", {}))
 
 
+Scheduler = Literal["dataflow", "levels"]
+
+
 class Pipeline:
     """A DAG of techniques plus the models, defaults and budget it runs with.
 
@@ -68,8 +72,15 @@ class Pipeline:
                  output: str | None = None, models: dict[str, ModelSpec] | None = None,
                  defaults: Defaults | None = None, budget: Budget | None = None, name: str = "pipeline",
                  router: ModelRouter | None = None, cache: bool | str | Path = True,
-                 config: PipelineConfig | None = None, source: str | None = None) -> None:
+                 config: PipelineConfig | None = None, source: str | None = None,
+                 scheduler: Scheduler = "dataflow", window: int | None = None) -> None:
+        if scheduler not in ("dataflow", "levels"):
+            raise ValueError(f"scheduler must be 'dataflow' or 'levels', got {scheduler!r}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
         self.name = name
+        self.scheduler: Scheduler = scheduler
+        self.window = window
         self.graph = nodes if isinstance(nodes, PipelineGraph) else PipelineGraph(
             dict(nodes), {k: list(v) for k, v in (inputs or {}).items()}, output=output, source=source)
         self.registry = ModelRegistry(models or {})
@@ -86,6 +97,8 @@ class Pipeline:
         defaults = config.defaults.to_defaults()
         if model:
             defaults.model = model
+        kwargs.setdefault("scheduler", config.scheduler)
+        kwargs.setdefault("window", config.window)
         return cls(graph, models=config.models, defaults=defaults, budget=config.budget,  # type: ignore[arg-type]
                    name=config.name, config=config, source=source, **kwargs)
 
@@ -125,13 +138,36 @@ class Pipeline:
         return self.run_batch([query])[0]
 
     def run_batch(self, queries: Iterable[str | Query | dict[str, Any]], *,
-                  on_result: Callable[[QueryResult], None] | None = None) -> list[QueryResult]:
-        """Runs all queries level by level: one backend request per model per round."""
+                  on_result: Callable[[QueryResult], None] | None = None,
+                  window: int | None = None) -> list[QueryResult]:
+        """Runs all queries; ``on_result`` gets each result as soon as it exists.
+
+        With ``scheduler="dataflow"`` (default) each query moves through the DAG on its own
+        and ``window`` queries are in flight at once (default: the pipeline's ``window``, else
+        chosen by the backend). With ``scheduler="levels"`` queries run level by level in
+        chunks of ``window`` (default: all at once), one backend request per model per round.
+        """
         batch = [as_query(q, i) for i, q in enumerate(queries)]
         if not batch:
             return []
-        executor = Executor(self.graph, self.router, self.defaults, self.budget)
-        return executor.run(batch, on_result=on_result)
+        window = window or self.window
+        if self.scheduler == "levels":
+            executor = Executor(self.graph, self.router, self.defaults, self.budget)
+            size = window or len(batch)
+            out: list[QueryResult] = []
+            for start in range(0, len(batch), size):
+                out.extend(executor.run(batch[start:start + size], on_result=on_result))
+            return out
+        return self.executor(window=window).run(batch, on_result=on_result)
+
+    def executor(self, *, window: int | None = None) -> DataflowExecutor:
+        """A dataflow executor on this pipeline's graph, router, defaults and budget.
+
+        For servers: ``ex = pipe.executor()`` then, on the event loop, ``await ex.submit(query)``
+        per request (concurrent submits share backend batches), ``ex.cancel(query.id)`` when a
+        client goes away and ``await ex.aclose()`` at shutdown.
+        """
+        return DataflowExecutor(self.graph, self.router, self.defaults, self.budget, window=window or self.window)
 
     async def arun(self, query: str | Query | dict[str, Any]) -> QueryResult:
         return (await self.arun_batch([query]))[0]

@@ -58,7 +58,7 @@ LOCK_FILE = ".archon.lock"
 
 
 @contextlib.contextmanager
-def lock_run_dir(run_dir: str | Path) -> Iterator[Path]:
+def lock_run_dir(run_dir: str | Path, lock_name: str = LOCK_FILE) -> Iterator[Path]:
     """Hold the run directory's writer lock (``filelock``) or refuse at once.
 
     Two writers on one directory would answer every question twice and duplicate every
@@ -70,11 +70,11 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[Path]:
 
     d = Path(run_dir)
     d.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(d / LOCK_FILE), timeout=0)
+    lock = FileLock(str(d / lock_name), timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise ConfigError(f"{d} is being written by another archon process (it holds {d / LOCK_FILE})",
+        raise ConfigError(f"{d} is being written by another archon process (it holds {d / lock_name})",
                           hint="wait for that run to finish (then rerun to resume), or give another --out"
                           ) from None
     try:

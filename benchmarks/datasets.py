@@ -125,7 +125,7 @@ def _from_hub(name: str, split: str, data_dir: Path | None) -> list[dict[str, An
         import datasets  # type: ignore[import-not-found]
     except ImportError:
         raise ConfigError(f"benchmark {name!r}: no local files ({where}) and the `datasets` package is not installed",
-                          hint="pass --data-dir DIR (laid out as NAME/split.jsonl) or pip install 'archon[datasets]'"
+                          hint="pass --data-dir DIR (laid out as NAME/split.jsonl) or pip install datasets"
                           ) from None
     if source is None:
         raise ConfigError(f"benchmark {name!r}: no local files ({where}) and no hub source is known")
@@ -414,3 +414,48 @@ def select_subset(items: Sequence[Item], limit: int | None = None, seed: int | N
 
 def ids_digest(items: Iterable[Item]) -> str:
     return hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """Any Hugging Face dataset: a hub name through ``datasets.load_dataset``, or a folder
+    written by ``save_to_disk`` through ``datasets.load_from_disk`` (works offline)."""
+
+    path: str
+    config: str | None = None
+    revision: str | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return Path(self.path).expanduser().is_dir()
+
+    def identity(self) -> dict[str, Any]:
+        return {"source": "folder" if self.is_folder else "hub", "revision": self.revision}
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        try:
+            import datasets  # type: ignore[import-not-found]
+        except ImportError:  # pragma: no cover - a dependency since issue 15
+            raise ConfigError("hf: benchmarks need the `datasets` package", hint="pip install datasets") from None
+        if self.is_folder:
+            try:
+                loaded = datasets.load_from_disk(str(Path(self.path).expanduser()))
+            except Exception as exc:  # not a save_to_disk folder
+                raise ConfigError(f"hf:{self.path}: not a dataset saved with save_to_disk ({exc})",
+                                  hint="for JSONL files use jsonl:PATH") from None
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise ConfigError(f"hf:{self.path} has no split {split!r}",
+                                      hint=f"splits: {', '.join(loaded)}; add ?split=NAME")
+                loaded = loaded[split]
+            return [dict(row) for row in loaded]
+        try:
+            loaded = datasets.load_dataset(self.path, self.config, split=split, revision=self.revision)
+        except Exception as exc:  # offline, unknown name, gated set, missing config: say what was tried
+            raise ConfigError(
+                f"hf:{self.path}: cannot load split {split!r}"
+                f"{f' (config {self.config!r})' if self.config else ''} from the Hugging Face hub: "
+                f"{type(exc).__name__}: {str(exc)[:300]}",
+                hint="offline, use local data instead: hf:FOLDER (a dataset saved with save_to_disk), "
+                     "jsonl:FILE?question=...&answer=..., or a built-in benchmark with --data-dir") from None
+        return [dict(row) for row in loaded]

@@ -1,8 +1,10 @@
 """Run a pipeline over a benchmark, grade it, and keep the record.
 
-``evaluate(pipeline, benchmark, out_dir)`` runs the questions in batches, grades each
-batch and appends one JSON line per question to ``OUT/results.jsonl`` as soon as the batch
-is done (``archon.results_io``: fsynced, a torn last line is dropped). ``OUT/run.json``
+``evaluate(pipeline, benchmark, out_dir)`` runs the questions through the pipeline's
+scheduler (dataflow: each question on its own, ``window`` in flight; levels: in chunks),
+grades each question as soon as it finishes and appends its JSON line to
+``OUT/results.jsonl`` at once (``archon.results_io``: fsynced, a torn last line is dropped),
+so a kill loses only questions not finished yet. ``OUT/run.json``
 holds what the run is (pipeline config hash, benchmark, subset, grader) and its sessions;
 ``OUT/summary.json`` the metrics, recomputed from the results file after every session.
 
@@ -26,13 +28,14 @@ Metrics (``EvalSummary``):
   spent plus what the call cache served (metered by ``archon.search.metering.MeteredRouter``:
   cached samples' own completion tokens, their prompts as measured or estimated), so a
   rerun from the cache ranks like the original; ``spent`` and ``cache_saved`` hold the split.
-  Latency is the model time of the query's own calls (questions of a batch share the wall
-  clock, so a row's ``batch_wall_s`` is its batch's); wall time covers all sessions,
-  grading included.
+  Latency is the model time of the query's own calls; a row's ``batch_wall_s`` is the wall
+  time from the question's admission to its result (with ``scheduler: levels``, its
+  chunk's); wall time covers all sessions, grading included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -40,10 +43,13 @@ import json
 import os
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from pydantic import BaseModel, Field
 
 from archon.benchmarks.datasets import Item, ids_digest, repo_root
@@ -51,10 +57,11 @@ from archon.benchmarks.graders import QueryGrade, mean_interval, wilson_interval
 from archon.benchmarks.registry import Benchmark, get_benchmark
 from archon.data import ChatMessage, Query, QueryResult
 from archon.errors import ConfigError
-from archon.results_io import append_jsonl, lock_run_dir, read_json_file, read_jsonl
+from archon.results_io import LOCK_FILE, append_jsonl, lock_run_dir, read_json_file, read_jsonl
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
+SUMMARY_LOCK_FILE = ".summary.lock"
 SUMMARY_FILE = "summary.json"
 USAGE_KEYS = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "total_tokens", "calls", "latency_s",
               "flops", "cache_hits")
@@ -103,6 +110,7 @@ class EvalSummary(BaseModel):
     archon_version: str | None = None
     created_at: str = ""
     updated_at: str = ""
+    shards: dict[str, Any] | None = None  # a sharded run: {"n", "started", "missing"}
 
     @property
     def name(self) -> str:
@@ -345,19 +353,27 @@ def evaluate(
     seed: int | None = None,
     data_dir: str | Path | None = None,
     items: Sequence[Item] | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
+    window: int | None = None,
     model: str | None = None,
     cache: bool | str | Path = True,
     judge_model: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     pipeline_meta: dict[str, Any] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    shard: Shard | None = None,
 ) -> EvalSummary:
     """Evaluate ``pipeline`` (a ``Pipeline`` or a YAML path) on ``benchmark`` (a name or a
     ``Benchmark``) into ``out_dir``; resumes a partial run; returns the summary.
 
     ``items`` replaces the benchmark's own selection (``split``/``limit``/``seed``); the
     subset is then identified by the hash of the items' ids. ``progress(done, total)`` is
-    called after every batch. Example::
+    called after every row written and ``on_row(row)`` with the row itself. ``window`` is
+    the number of questions in flight (``batch_size`` is its old name; default: the
+    pipeline's ``window``, else the backend's choice; with ``scheduler: levels`` the chunk
+    size, default 8). ``shard`` (``Shard(k, n)``) answers only the questions whose id hashes to
+    shard k of n, into per-shard files of the same run directory, so that n processes (on
+    one machine or several sharing the folder) split one run; the summary is the union. Example::
 
         from archon import Pipeline
         from archon.benchmarks.evaluate import evaluate
@@ -377,18 +393,21 @@ def evaluate(
         ids = [it.id for it in selected]
         if len(set(ids)) != len(ids):
             raise ConfigError("benchmark items have duplicate ids")
-        with lock_run_dir(out_dir):
+        files = RunFiles.of(Path(out_dir), shard)
+        files.check_layout()
+        with lock_run_dir(out_dir, files.lock):
             return _evaluate(pipe, bench, Path(out_dir), selected, split=split, limit=limit, seed=seed,
-                             custom_items=items is not None, batch_size=batch_size, progress=progress,
-                             pipeline_meta=pipeline_meta or {})
+                             custom_items=items is not None, window=window or batch_size, progress=progress,
+                             pipeline_meta=pipeline_meta or {}, on_row=on_row, files=files)
     finally:
         if own:
             pipe.close()
 
 
 def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, split: str, limit: int | None,
-              seed: int | None, custom_items: bool, batch_size: int, progress: Callable[[int, int], None] | None,
-              pipeline_meta: dict[str, Any]) -> EvalSummary:
+              seed: int | None, custom_items: bool, window: int | None,
+              progress: Callable[[int, int], None] | None, pipeline_meta: dict[str, Any],
+              on_row: Callable[[dict[str, Any]], None] | None = None, files: RunFiles) -> EvalSummary:
     started = time.perf_counter()
     judge = getattr(bench.grader, "judge_model", None)
     if judge is not None and judge not in pipe.registry:
@@ -396,11 +415,15 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
                           hint=f"define it under `models:` in the pipeline config (known: "
                                f"{', '.join(pipe.registry.names())})")
     run_dir.mkdir(parents=True, exist_ok=True)
-    results_path = run_dir / RESULTS_FILE
-    manifest_path = run_dir / RUN_FILE
+    results_path = run_dir / files.results
+    manifest_path = run_dir / files.manifest
     subset = {"split": split, "limit": limit, "seed": seed,
               "selection": "custom" if custom_items else ("first" if seed is None else f"random(seed={seed})"),
               "n": len(items), "ids_sha": ids_digest(items)}
+    all_ids = [it.id for it in items]
+    if files.shard is not None:
+        subset["shards"] = files.shard.n
+        items = [it for it in items if files.shard.holds(it.id)]
     source = pipe.graph.source
     config_dump = (pipe.config.model_dump(mode="json", exclude_none=True) if pipe.config is not None
                    else pipeline_fingerprint(pipe))
@@ -437,46 +460,187 @@ def _evaluate(pipe: Any, bench: Benchmark, run_dir: Path, items: list[Item], *, 
     if progress:
         progress(len(done), total)
     roots = root_nodes(pipe)
+    written = [len(done)]
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        append_jsonl(results_path, rows)
+        session["queries"] += len(rows)
+        session["wall_s"] = round(time.perf_counter() - started, 3)
+        _write_json(manifest_path, manifest)
+        written[0] += len(rows)
+        for row in rows:
+            if on_row:
+                on_row(row)
+        if progress:
+            progress(written[0], total)
+
     try:
         _write_json(manifest_path, manifest)
-        for start in range(0, len(todo), max(1, batch_size)):
-            chunk = todo[start:start + batch_size]
-            if hasattr(pipe.router, "reset_saved"):
-                pipe.router.reset_saved()
-            runs = run_items(pipe, chunk)
-            saved = [saved_usage(pipe.router, r) for r in runs]
-            pools = [pool_texts(r[-1], roots) for r in runs]
-            grades = bench.grader.grade_runs(chunk, runs, pools, router=pipe.router)
-            append_jsonl(results_path, [make_row(it, r, g, sv)
-                                        for it, r, g, sv in zip(chunk, runs, grades, saved, strict=True)])
-            session["queries"] += len(chunk)
-            session["wall_s"] = round(time.perf_counter() - started, 3)
-            _write_json(manifest_path, manifest)
-            if progress:
-                progress(len(done) + start + len(chunk), total)
+        if hasattr(pipe.router, "reset_saved"):
+            pipe.router.reset_saved()
+        if getattr(pipe, "scheduler", "levels") == "levels":
+            size = max(1, window or 8)
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
+                if hasattr(pipe.router, "reset_saved"):
+                    pipe.router.reset_saved()
+                write(_grade_rows(pipe, bench, chunk, run_items(pipe, chunk), roots))
+        elif todo:
+            asyncio.run(_stream_items(pipe, bench, todo, roots, window, write))
     finally:
         session["wall_s"] = round(time.perf_counter() - started, 3)
         session["finished_at"] = _now()
         _write_json(manifest_path, manifest)
-        summary = summarize(run_dir, ids=[it.id for it in items])
-        _write_json(run_dir / SUMMARY_FILE, summary.model_dump(mode="json"))
+        with FileLock(str(run_dir / SUMMARY_LOCK_FILE), timeout=60):  # shards finishing together: one at a time
+            summary = summarize(run_dir, ids=all_ids)
+            _write_json(run_dir / SUMMARY_FILE, summary.model_dump(mode="json"))
     return summary
+
+
+def _grade_rows(pipe: Any, bench: Benchmark, items: Sequence[Item], runs: Sequence[Sequence[QueryResult]],
+                roots: Sequence[str]) -> list[dict[str, Any]]:
+    saved = [saved_usage(pipe.router, r) for r in runs]
+    pools = [pool_texts(r[-1], roots) for r in runs]
+    grades = bench.grader.grade_runs(items, runs, pools, router=pipe.router)
+    return [make_row(it, r, g, sv) for it, r, g, sv in zip(items, runs, grades, saved, strict=True)]
+
+
+async def _stream_items(pipe: Any, bench: Benchmark, items: Sequence[Item], roots: Sequence[str],
+                        window: int | None, write: Callable[[list[dict[str, Any]]], None]) -> None:
+    """The dataflow path: every question runs on its own through a shared executor (a
+    conversation's next turn is submitted as soon as the previous one is answered, at the
+    head of the line), and finished questions are graded and written while others run.
+    Grading takes whatever has finished at once, so a judge sees batches too."""
+    from archon.engine.dataflow import run_in_daemon_thread
+
+    executor = pipe.executor(window=window)
+    finished: list[tuple[Item, list[QueryResult]]] = []
+    ready = asyncio.Event()
+
+    async def one(item: Item) -> None:
+        runs = [await executor.submit(item.query)]
+        for turn in range(1, len(item.followups) + 1):
+            if runs[-1].error is not None:
+                break
+            runs.append(await executor.submit(_followup_query(item, runs, turn), first=True))
+        finished.append((item, runs))
+        ready.set()
+
+    async def grade() -> None:
+        graded = 0
+        while graded < len(items):
+            await ready.wait()
+            ready.clear()
+            while finished:
+                batch = finished[:]
+                finished.clear()
+                chunk, runs = [it for it, _ in batch], [r for _, r in batch]
+                write(await run_in_daemon_thread(_grade_rows, pipe, bench, chunk, runs, roots))
+                graded += len(batch)
+
+    tasks = [asyncio.ensure_future(one(it)) for it in items]
+    grader = asyncio.ensure_future(grade())
+    try:
+        await asyncio.gather(*tasks)
+        await grader
+    finally:
+        for task in [*tasks, grader]:
+            task.cancel()
+        await asyncio.gather(*tasks, grader, return_exceptions=True)
+        await executor.aclose()
 
 
 # -- summaries ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``k`` of ``n`` (1-based): the questions whose id hashes there. Hashing the id, not
+    the position, keeps a question in its shard whatever else the selection holds."""
+
+    k: int
+    n: int
+
+    def __post_init__(self) -> None:
+        if not (self.n >= 1 and 1 <= self.k <= self.n):
+            raise ConfigError(f"shard {self.k}/{self.n}: K must be between 1 and N", hint="e.g. --shard 2/4")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        k, sep, n = text.partition("/")
+        if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+            raise ConfigError(f"--shard {text!r}: write K/N, e.g. 1/4")
+        return cls(int(k), int(n))
+
+    def holds(self, item_id: str) -> bool:
+        return zlib.crc32(item_id.encode()) % self.n == self.k - 1
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Which files of a run directory one writer owns: the whole run's, or one shard's."""
+
+    run_dir: Path
+    shard: Shard | None = None
+
+    @classmethod
+    def of(cls, run_dir: Path, shard: Shard | None) -> RunFiles:
+        return cls(run_dir, shard)
+
+    @property
+    def _tag(self) -> str:
+        return "" if self.shard is None else f".shard-{self.shard.k}-of-{self.shard.n}"
+
+    @property
+    def results(self) -> str:
+        return RESULTS_FILE if self.shard is None else f"results{self._tag}.jsonl"
+
+    @property
+    def manifest(self) -> str:
+        return RUN_FILE if self.shard is None else f"run{self._tag}.json"
+
+    @property
+    def lock(self) -> str:
+        return f"{LOCK_FILE}{self._tag}"
+
+    def check_layout(self) -> None:
+        """One run directory is either unsharded or sharded N ways, never a mix."""
+        d = self.run_dir
+        whole = (d / RUN_FILE).is_file()
+        shard_ns = {int(p.stem.rsplit("-of-", 1)[1]) for p in d.glob("run.shard-*-of-*.json")}
+        if self.shard is None and shard_ns:
+            raise ConfigError(f"{d} holds a run sharded {sorted(shard_ns)[0]} ways",
+                              hint=f"rerun each shard with --shard K/{sorted(shard_ns)[0]}, or use another --out")
+        if self.shard is not None and whole:
+            raise ConfigError(f"{d} holds an unsharded run", hint="rerun it without --shard, or use another --out")
+        if self.shard is not None and shard_ns - {self.shard.n}:
+            raise ConfigError(f"{d} is sharded {sorted(shard_ns)[0]} ways, not {self.shard.n}",
+                              hint=f"use --shard K/{sorted(shard_ns)[0]}")
+
+    @staticmethod
+    def manifests(run_dir: Path) -> list[Path]:
+        whole = run_dir / RUN_FILE
+        return [whole] if whole.is_file() else sorted(run_dir.glob("run.shard-*-of-*.json"))
+
+    @staticmethod
+    def result_files(run_dir: Path) -> list[Path]:
+        return [p for p in [run_dir / RESULTS_FILE, *sorted(run_dir.glob("results.shard-*-of-*.jsonl"))]
+                if p.is_file()]
+
+
 def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSummary:
     """Metrics of a run directory, from ``run.json`` and ``results.jsonl`` (no model calls)."""
     run_dir = Path(run_dir)
-    manifest_path = run_dir / RUN_FILE
-    if not manifest_path.is_file():
+    manifests = RunFiles.manifests(run_dir)
+    if not manifests:
         raise ConfigError(f"{run_dir} is not an evaluation run (no {RUN_FILE})",
                           hint="give directories written by `archon eval --out DIR`")
-    manifest = read_json_file(manifest_path, what=RUN_FILE)
+    manifest = read_json_file(manifests[0], what=manifests[0].name)
+    sessions = [x for path in manifests for x in read_json_file(path, what=path.name).get("sessions", [])]
     rows_by_id: dict[str, dict[str, Any]] = {}
-    for row in read_jsonl(run_dir / RESULTS_FILE):
-        if "id" in row:
-            rows_by_id[str(row["id"])] = row
+    for path in RunFiles.result_files(run_dir):
+        for row in read_jsonl(path):
+            if "id" in row:
+                rows_by_id[str(row["id"])] = row
     if ids is not None:
         wanted = set(ids)
         rows_by_id = {k: v for k, v in rows_by_id.items() if k in wanted}
@@ -493,9 +657,14 @@ def summarize(run_dir: str | Path, ids: Sequence[str] | None = None) -> EvalSumm
         models=manifest.get("models", []), git_revision=manifest.get("git_revision"),
         archon_version=manifest.get("archon_version"), created_at=manifest.get("created_at", ""),
         updated_at=_now(), coverage_source=manifest.get("coverage_source", ""),
-        wall_time_s=round(sum(float(x.get("wall_s", 0.0)) for x in manifest.get("sessions", [])), 3),
+        wall_time_s=round(sum(float(x.get("wall_s", 0.0)) for x in sessions), 3),
     )
     s.complete = n >= s.n_total
+    n_shards = int(manifest.get("subset", {}).get("shards") or 0)
+    if n_shards:
+        present = {int(m.name.split("-")[1]) for m in manifests}  # run.shard-K-of-N.json
+        s.shards = {"n": n_shards, "started": sorted(present),
+                    "missing": [k for k in range(1, n_shards + 1) if k not in present]}
     s.errors = sum(1 for r in rows if r.get("error"))
     scores = [float(r["score"]) for r in rows if r.get("score") is not None]
     s.graded = len(scores)
@@ -542,8 +711,8 @@ def load_summary(run_dir: str | Path) -> EvalSummary:
     """``summary.json`` if present and current, else recomputed from the run's files."""
     run_dir = Path(run_dir)
     path = run_dir / SUMMARY_FILE
-    results = run_dir / RESULTS_FILE
-    if path.is_file() and (not results.exists() or path.stat().st_mtime >= results.stat().st_mtime):
+    newest = max((f.stat().st_mtime for f in RunFiles.result_files(run_dir)), default=0.0)
+    if path.is_file() and path.stat().st_mtime >= newest:
         data = read_json_file(path, what=SUMMARY_FILE)
         data["run_dir"] = str(run_dir)
         return EvalSummary.model_validate(data)

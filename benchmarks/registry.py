@@ -6,6 +6,8 @@ Names (``get_benchmark(spec)``)::
     gsm8k  math500  aime24  amc23  humaneval  mt_bench
     arith                      # synthetic: arith?digits=2&operands=2&ops=+-&n=100&seed=0&shots=5
     jsonl:PATH                 # jsonl:data.jsonl?question=q&answer=a&id=qid&grader=math|exact|arith
+    hf:ORG/NAME or hf:FOLDER   # any Hugging Face dataset (hub name, or a save_to_disk folder):
+                               # hf:openai/gsm8k?config=main&split=test&question=question&answer=answer
 
 Parameters follow ``?`` as ``key=value`` pairs joined by ``&`` (``+`` is kept literally).
 ``mt_bench`` takes ``judge=MODEL``, ``judge_max_tokens=N`` and ``retries=N``.
@@ -46,6 +48,7 @@ for _name, _about in {
     "mt_bench": "MT-Bench (80 two-turn chats); LLM judge 1-10 (judge=MODEL)",
     "arith": "synthetic few-shot arithmetic from a seed (digits, operands, ops, n, shots, min, max)",
     "jsonl:PATH": "your own JSONL (question=, answer=, id=, grader=math|exact|arith)",
+    "hf:NAME": "any Hugging Face dataset or save_to_disk folder (config=, split=, question=, answer=, id=, grader=)",
 }.items():
     BENCHMARKS.register(_name, _about)
 
@@ -100,8 +103,9 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
         if not eq:
             raise ConfigError(f"benchmark parameter {part!r} needs a value", hint="write key=value")
         params[unquote(key.strip())] = unquote(value.strip())
-    if head.startswith("jsonl:"):
-        return "jsonl", head[len("jsonl:"):], params
+    for family in ("jsonl", "hf"):
+        if head.startswith(f"{family}:"):
+            return family, head[len(family) + 1:], params
     return head.strip(), None, params
 
 
@@ -171,20 +175,45 @@ def get_benchmark(spec: str, data_dir: str | Path | None = None, *, judge_model:
         if not path:
             raise ConfigError("jsonl benchmark needs a path: jsonl:PATH")
         file = Path(path)
+        if file.is_dir():
+            raise ConfigError(f"benchmark path is a folder, not a JSONL file: {file}",
+                              hint=f"name a file inside it (jsonl:{file}/test.jsonl), or use hf:{file} for a "
+                              "dataset saved with save_to_disk")
         if not file.is_file():
             raise ConfigError(f"benchmark file not found: {file}")
-        grader_name = params.get("grader", "math")
-        graders: dict[str, Callable[[], Grader]] = {"math": MathGrader, "exact": ExactGrader, "arith": ArithGrader}
-        if grader_name not in graders:
-            raise ConfigError(f"unknown grader {grader_name!r} for jsonl", hint=f"one of: {', '.join(graders)}")
+        grader_name, task = _grader_name(params, "jsonl")
         q, a, i = params.get("question", "question"), params.get("answer", "answer"), params.get("id", "id")
         digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
         shown = {"path": str(file), "question": q, "answer": a, "id": i, "grader": grader_name}
-        task = "arith" if grader_name == "arith" else "math"
-        return Benchmark("jsonl", shown, graders[grader_name](),
+        return Benchmark("jsonl", shown, _GRADERS[grader_name](),
                          lambda split: ds.jsonl_items(ds.read_rows(file), str(file), q, a, i, task),
                          ("test",), identity={"sha256": digest})
+
+    if name == "hf":
+        _check_params("hf", params, {"config", "split", "revision", "question", "answer", "id", "grader"})
+        if not path:
+            raise ConfigError("hf benchmark needs a dataset: hf:ORG/NAME or hf:FOLDER (a save_to_disk folder)")
+        grader_name, task = _grader_name(params, "hf")
+        q, a, i = params.get("question", "question"), params.get("answer", "answer"), params.get("id", "id")
+        source = ds.HFSource(path, params.get("config"), params.get("revision"))
+        shown = {"dataset": path, "config": source.config, "question": q, "answer": a, "id": i,
+                 "grader": grader_name}
+        splits = (params["split"],) if "split" in params else ("test", "train", "validation")
+        return Benchmark("hf", shown, _GRADERS[grader_name](),
+                         lambda split: ds.jsonl_items(source.rows(split), f"hf:{path}", q, a, i, task),
+                         splits, identity=source.identity())
 
     raise ConfigError(f"unknown benchmark {spec!r}",
                       hint=suggest(name, [n for n in BENCHMARKS if ":" not in n])
                       or f"known: {', '.join(BENCHMARKS)}")
+
+
+_GRADERS: dict[str, Callable[[], Grader]] = {"math": MathGrader, "exact": ExactGrader, "arith": ArithGrader}
+
+
+def _grader_name(params: dict[str, str], family: str) -> tuple[str, str]:
+    """The grader a jsonl:/hf: benchmark asked for, and the prompt task it implies."""
+    name = params.get("grader", "math")
+    if name not in _GRADERS:
+        raise ConfigError(f"unknown grader {name!r} for {family}", hint=f"one of: {', '.join(_GRADERS)}")
+    return name, "arith" if name == "arith" else "math"

@@ -67,6 +67,14 @@ class MeteredRouter(ModelRouter):
             self._meter(request, tag, result)
         return results
 
+    async def agenerate(self, requests: Sequence[GenerationRequest],
+                        tags: Sequence[CallTag] | None = None) -> list[GenerationResult]:
+        results = await super().agenerate(requests, tags)
+        tag_list = list(tags) if tags is not None else [CallTag()] * len(requests)
+        for request, tag, result in zip(requests, tag_list, results, strict=True):
+            self._meter(request, tag, result)
+        return results
+
     def _meter(self, request: GenerationRequest, tag: CallTag, result: GenerationResult) -> None:
         cached = [s for s in result.samples if s.cached]
         fresh = len(result.samples) - len(cached)

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import socket
 import statistics
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -197,7 +200,7 @@ def make_storage(url: str | None, heartbeat_s: float = 10.0) -> optuna.storages.
     if sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        # Workers starting together on a new SQLite file would race to create its schema.
+        # Workers starting together on a new database would race to create its schema.
         with _admission_lock(url), warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
@@ -248,11 +251,64 @@ def _fail_stale(study: optuna.Study) -> None:
 
 
 def _admission_lock(url: str | None) -> Any:
-    if url and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+    """A lock every worker of one study storage shares, wherever it runs.
+
+    SQLite: a file lock beside the database (workers share its filesystem). PostgreSQL and
+    MySQL: the database's own advisory lock, so workers on different machines serialise
+    through the server they already talk to. In-memory or other storages: nothing to share.
+    """
+    if not url:
+        return contextlib.nullcontext()
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         from filelock import FileLock
 
         return FileLock(str(Path(url.removeprefix("sqlite:///")).expanduser()) + ".admission.lock", timeout=120)
+    if url.startswith(("postgresql", "mysql")):
+        return _database_lock(url)
     return contextlib.nullcontext()
+
+
+# One advisory-lock key for archon's admissions in a database (any 63-bit integer works).
+_ADVISORY_KEY = zlib.crc32(b"archon.search.admission")
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claimer_died(by: str, result: Any) -> bool:
+    """A claim without a result whose worker ran on this host and is gone (a killed rerun)."""
+    host, _, pid = by.rpartition(":")
+    if result is not None or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _database_lock(url: str) -> Any:
+    """Session-level advisory lock on the study's database server, held for the ``with`` body."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    postgres = engine.dialect.name == "postgresql"
+    take, give = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)") if postgres
+                  else ("SELECT GET_LOCK(:k, 120)", "SELECT RELEASE_LOCK(:k)"))
+    key: int | str = _ADVISORY_KEY if postgres else f"archon-{_ADVISORY_KEY}"
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(take), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(give), {"k": key})
+    finally:
+        engine.dispose()
 
 
 def _live_running_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> set[int]:
@@ -381,13 +437,14 @@ class Search:
     def _admit(self, trial: optuna.Trial) -> bool:
         """May this trial run without taking the study past its target? (several workers)
 
-        Admission is serialized (a file lock beside a SQLite study) and each admitted trial
+        Admission is serialized (a file lock beside a SQLite study, the database's advisory
+        lock for PostgreSQL and MySQL: ``_admission_lock``) and each admitted trial
         records its heartbeat and an ``admitted`` mark before the lock is released, so the
         next admission sees it: the study never finishes more than ``settings.trials``.
         Running trials count only while their heartbeat is fresh, so a dead worker's trial
         does not block the study (it is failed once stale, after ``3 * heartbeat_s``); a
         rerun inside that window may stop one trial short, and the next rerun finishes it.
-        For non-SQLite databases the lock is per process only: concurrent workers may then
+        Other storages (journal files, Redis) have no lock here: concurrent workers may then
         finish up to one extra trial each.
         """
         storage = _rdb(self.study)
@@ -404,6 +461,36 @@ class Search:
                 return False
             trial.set_user_attr("admitted", True)
             return True
+
+    def claim_winner_eval(self, trial_number: int) -> Literal["mine", "taken", "running"]:
+        """Is this worker the one to evaluate the winner on the held-out set? (once per study)
+
+        Several workers of one study all reach the end. While another worker's trial still
+        runs, the winner may change, so nobody evaluates yet ("running"): the worker that
+        finishes last does. The first to claim the winner under the admission lock evaluates
+        it ("mine") and stores the result (``store_winner_eval``); the others find it
+        "taken" and report that result. A new winner (after a larger ``--trials``) is
+        claimed anew, and so is one whose claimer died on this host before storing it.
+        """
+        with _admission_lock(self.settings.storage):
+            storage = _rdb(self.study)
+            if storage is not None:
+                running = {t._trial_id for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                if running & _live_running_trials(self.study, storage):
+                    return "running"
+            claimed = self.study.user_attrs.get("winner_eval")
+            if (claimed is not None and claimed.get("trial") == trial_number
+                    and not _claimer_died(claimed.get("by", ""), claimed.get("result"))):
+                return "taken"
+            self.study.set_user_attr("winner_eval", {"trial": trial_number, "result": None, "by": _worker_id()})
+            return "mine"
+
+    def store_winner_eval(self, trial_number: int, result: dict[str, Any]) -> None:
+        self.study.set_user_attr("winner_eval", {"trial": trial_number, "result": result, "by": _worker_id()})
+
+    def stored_winner_eval(self, trial_number: int) -> dict[str, Any] | None:
+        claimed = self.study.user_attrs.get("winner_eval") or {}
+        return claimed.get("result") if claimed.get("trial") == trial_number else None
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         if not self._admit(trial):

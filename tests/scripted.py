@@ -83,6 +83,45 @@ def scripted_router(respond: Responder = default_responder, models: Sequence[str
     return router, backends
 
 
+Delay = Callable[[GenerationRequest], float]
+
+
+@dataclass
+class DelayedBackend(ScriptedBackend):
+    """A scripted *server*: ``agenerate`` answers each request after ``delay(request)``
+    seconds, concurrently, like an HTTP backend; ``generate`` (the level executor's path)
+    answers a batch when its slowest request is done. ``done`` logs (finish time, request)."""
+
+    delay: Delay = lambda request: 0.0
+    done: list[tuple[float, GenerationRequest]] = field(default_factory=list)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        import time
+
+        time.sleep(max((self.delay(r) for r in requests), default=0.0))
+        now = time.perf_counter()
+        self.done.extend((now, r) for r in requests)
+        return super().generate(requests)
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        import asyncio
+        import time
+
+        async def one(r: GenerationRequest) -> GenerationResult:
+            await asyncio.sleep(self.delay(r))
+            self.done.append((time.perf_counter(), r))
+            return ScriptedBackend.generate(self, [r])[0]
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+
+def delayed_router(respond: Responder = default_responder, delay: Delay = lambda r: 0.0,
+                   model: str = "embedded") -> tuple[ModelRouter, DelayedBackend]:
+    backend = DelayedBackend(respond, delay=delay)
+    registry = ModelRegistry({model: ModelSpec(backend="openai", base_url="http://127.0.0.1:9/v1", parameters=1e6)})
+    return ModelRouter(registry=registry, factory=lambda name, spec: backend), backend
+
+
 def drive(technique, inputs, reply, question: str = "q"):  # type: ignore[no-untyped-def]
     """Run one technique's program for one query without an engine: ``reply(round, index,
     request)`` answers each request (a ``str``, a ``Sample``, a list of them, or a result),

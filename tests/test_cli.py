@@ -26,7 +26,27 @@ def test_validate_and_show():
     text = archon("show", "configs/ensemble_dag.yaml")
     assert "fuse [fuse]  <- sample_a, critique_b" in text.stdout
     mermaid = archon("show", "configs/quickstart.yaml", "--format", "mermaid")
-    assert "sample --> critique" in mermaid.stdout
+    assert "n0 --> n1" in mermaid.stdout and 'n0["sample<br/>generate<br/>samples: 4"]' in mermaid.stdout
+
+
+def test_mermaid_quotes_keyword_ids_and_labels_tell_ensembles_apart(tmp_path):
+    cfg = tmp_path / "dag.yaml"
+    cfg.write_text("name: d\nnodes:\n"
+                   "  - {id: end, technique: generate, samples: 4}\n"
+                   "  - {id: graph, technique: generate, samples: 2, inputs: [], models: [embedded]}\n"
+                   "  - {id: fuse, technique: fuse, inputs: [end, graph]}\n")
+    out = archon("show", str(cfg), "--format", "mermaid").stdout
+    lines = out.splitlines()
+    # mermaid keywords (`end`, `graph`) never appear as bare node ids
+    assert not any(line.strip().startswith(("end", "graph ", "graph[")) for line in lines[1:])
+    assert 'n0["end<br/>generate<br/>samples: 4"]' in out
+    assert 'n1["graph<br/>generate<br/>models: embedded<br/>samples: 2"]' in out
+    assert "n0 --> n2" in out and "n1 --> n2" in out
+
+
+def test_models_convert_help_names_the_extra():
+    res = archon("models", "convert", "--help")
+    assert 'archon[cpu]' in " ".join(res.stdout.split())
 
 
 def test_broken_config_gives_a_precise_error(tmp_path):
@@ -42,6 +62,7 @@ def test_quickstart_answers_with_usage_per_node(tmp_path):
     res = archon("run", "configs/quickstart.yaml", "--input", "What is 17 + 25?", "--json",
                  "--cache", str(tmp_path / "c.sqlite"))
     assert res.returncode == 0, res.stderr
+    assert "llama_" not in res.stderr  # the C library's load-time lines stay out of the output
     data = json.loads(res.stdout)
     assert data["answer"].strip()
     assert set(data["usage_by_node"]) == {"sample", "critique", "rank", "fuse"}

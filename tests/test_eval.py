@@ -8,6 +8,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import pytest
 import typer
@@ -18,7 +19,14 @@ from typer.testing import CliRunner
 from archon.backends.types import GenerationRequest
 from archon.benchmarks import datasets as ds
 from archon.benchmarks import leaderboard as lb
-from archon.benchmarks.evaluate import RESULTS_FILE, apply_overrides, evaluate, load_summary, summarize
+from archon.benchmarks.evaluate import (
+    RESULTS_FILE,
+    Shard,
+    apply_overrides,
+    evaluate,
+    load_summary,
+    summarize,
+)
 from archon.benchmarks.graders import (
     ArithGrader,
     JudgeGrader,
@@ -148,6 +156,42 @@ def test_jsonl_benchmark_with_field_names(tmp_path):
     assert bench.spec()["sha256"] and "path" not in bench.spec()["params"]
     with pytest.raises(ConfigError, match="no field 'question'"):
         get_benchmark(f"jsonl:{f}").load()
+
+
+def test_hf_benchmark_from_a_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"uid": f"u{i}", "prompt": f"What is {i}+2?", "target": str(i + 2)} for i in range(5)]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "set"))
+    bench = get_benchmark(f"hf:{tmp_path / 'set'}?split=validation&question=prompt&answer=target&id=uid&grader=exact")
+    items = bench.load("validation")
+    assert [i.id for i in items] == [f"u{i}" for i in range(5)] and items[3].gold == "5"
+    assert items[0].query.prompt == "What is 0+2?" and "target" not in items[0].query.metadata
+    with pytest.raises(ConfigError, match="no split 'test'"):
+        get_benchmark(f"hf:{tmp_path / 'set'}?question=prompt&answer=target").load("test")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        get_benchmark(f"hf:{tmp_path / 'set'}?questoin=prompt")
+
+
+def test_hf_hub_name_offline_names_the_local_alternatives(monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError) as err:
+        get_benchmark("hf:no-such-org/no-such-set?split=test").load("test")
+    assert "hf:no-such-org/no-such-set" in err.value.message and "save_to_disk" in err.value.render()
+
+
+def test_eval_refuses_limit_zero_and_writes_nothing(tmp_path):
+    app = typer.Typer()
+    app.command()(eval_command)
+    res = CliRunner().invoke(app, [str(REPO / "configs" / "single_sample.yaml"), "--benchmark", "arith",
+                                   "--limit", "0", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and not (tmp_path / "run").exists()
+
+
+def test_jsonl_benchmark_on_a_folder_says_it_is_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        get_benchmark(f"jsonl:{tmp_path}")
 
 
 @needs_data
@@ -316,6 +360,72 @@ def test_resume_after_a_kill_skips_finished_questions(tmp_path):
     pipe, backend = vote_pipeline()
     evaluate(pipe, ARITH, run)
     assert backend.batches == []
+
+
+def test_shards_split_one_run_and_the_summary_is_their_union(tmp_path):
+    whole = evaluate(vote_pipeline()[0], ARITH, tmp_path / "whole")
+    run = tmp_path / "sharded"
+    first = evaluate(vote_pipeline()[0], ARITH, run, shard=Shard(1, 2))
+    assert not first.complete and first.shards == {"n": 2, "started": [1], "missing": [2]}
+    assert 0 < first.n < 12 and first.n_total == 12
+    second = evaluate(vote_pipeline()[0], ARITH, run, shard=Shard(2, 2))
+    one = [r["id"] for r in read_jsonl(run / "results.shard-1-of-2.jsonl")]
+    two = [r["id"] for r in read_jsonl(run / "results.shard-2-of-2.jsonl")]
+    assert not set(one) & set(two) and len(one) + len(two) == 12  # each question answered once
+    assert all(Shard(1, 2).holds(i) for i in one) and all(Shard(2, 2).holds(i) for i in two)
+    assert second.complete and second.shards["missing"] == []
+    for key in ("n", "accuracy", "coverage", "tokens_per_query", "calls_per_query"):
+        assert getattr(second, key) == pytest.approx(getattr(whole, key)), key
+    assert summarize(run).accuracy == whole.accuracy
+    # a shard rerun has nothing left to do; layouts never mix
+    pipe, backend = vote_pipeline()
+    evaluate(pipe, ARITH, run, shard=Shard(1, 2))
+    assert backend.batches == []
+    with pytest.raises(ConfigError, match="sharded 2 ways"):
+        evaluate(vote_pipeline()[0], ARITH, run)
+    with pytest.raises(ConfigError, match="not 3"):
+        evaluate(vote_pipeline()[0], ARITH, run, shard=Shard(1, 3))
+    with pytest.raises(ConfigError, match="unsharded run"):
+        evaluate(vote_pipeline()[0], ARITH, tmp_path / "whole", shard=Shard(1, 2))
+    with pytest.raises(ConfigError, match="K/N"):
+        Shard.parse("2-4")
+
+
+@pytest.mark.slow
+def test_two_shard_processes_one_killed_and_rerun_answer_each_question_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "archon", "eval", str(REPO / "configs" / "single_sample.yaml"),
+                "--benchmark", "arith?n=8&seed=5", "--out", str(out), "--no-cache", "--set", "defaults.max_tokens=4",
+                *extra]
+
+    run = tmp_path / "sharded"
+    procs = [subprocess.Popen(cmd(run, "--shard", f"{k}/2"), cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for k in (1, 2)]
+    killed_file = run / "results.shard-1-of-2.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and procs[0].poll() is None:
+        if killed_file.is_file() and killed_file.read_text().count("\n") >= 1:
+            procs[0].send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    procs[0].wait(timeout=60)
+    assert procs[1].wait(timeout=900) == 0
+    again = subprocess.run(cmd(run, "--shard", "1/2"), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    whole = subprocess.run(cmd(tmp_path / "whole"), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    ids = [r["id"] for f in ("results.shard-1-of-2.jsonl", "results.shard-2-of-2.jsonl")
+           for r in read_jsonl(run / f)]
+    assert len(ids) == len(set(ids)) == 8
+    sharded, unsharded = summarize(run, ids=sorted(ids)), summarize(tmp_path / "whole")
+    assert sharded.complete and sharded.accuracy == unsharded.accuracy and sharded.n == unsharded.n == 8
+    by_id = {r["id"]: r["extracted"] for f in ("results.shard-1-of-2.jsonl", "results.shard-2-of-2.jsonl")
+             for r in read_jsonl(run / f)}
+    assert by_id == {r["id"]: r["extracted"] for r in read_jsonl(tmp_path / "whole" / RESULTS_FILE)}
 
 
 def test_resume_refuses_a_different_config_benchmark_or_subset(tmp_path):

@@ -7,6 +7,7 @@ end to end on the embedded model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from scripted import scripted_router
 
 from archon.backends.cache import CallCache
@@ -458,3 +459,81 @@ def test_a_search_space_imports_no_module_it_does_not_list(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="plugins"):
         parse_space({**TINY, "generate": {**TINY["generate"], "technique": "space_mod:Gen"}})
     assert not marker.exists()
+
+
+# -- many workers on one PostgreSQL study (docs/scale_out.md) ------------------------------
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    pytest.importorskip("psycopg2", reason="needs psycopg2-binary (the `postgres` or `dev` extra)")
+    from postgres import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with PostgresServer() as server:
+        yield server
+
+
+def _study_trials(url: str, name: str) -> list[FrozenTrial]:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_three_workers_on_one_postgres_study_finish_exactly_the_target(tmp_path, postgres_server):
+    """The README's scale-out recipe: the same command on every machine, one study in PostgreSQL.
+
+    Three real `archon search` processes on the embedded model; one is killed with SIGKILL
+    mid-trial; the other two finish. Then the killed worker's command is simply run again,
+    as a user would. The study ends with exactly the target, nothing RUNNING, and the
+    winner evaluated on the held-out set once.
+    """
+    import signal
+    import subprocess
+
+    url, study, target = postgres_server.url, "pg-workers", 5
+
+    def command(i: int) -> list[str]:
+        return [sys.executable, "-m", "archon", "search", str(SPACES / "tiny_space.yaml"), "--benchmark", "arith",
+                "--limit", "6", "--trials", str(target), "--budget-tokens", "400", "--storage", url,
+                "--study", study, "--out", str(tmp_path / f"worker{i}"), "--cache", str(tmp_path / f"calls{i}.sqlite"),
+                "--sampler", "random", "--no-plots"]
+
+    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(3)]
+    procs = [subprocess.Popen(command(i), cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(3)]
+    try:
+        deadline = time.monotonic() + 600
+        killed = False
+        while time.monotonic() < deadline and not killed:  # kill worker 0 while it runs a trial
+            time.sleep(1)
+            with contextlib.suppress(Exception):
+                running = [t for t in _study_trials(url, study) if t.state == TrialState.RUNNING]
+                if any(t.state == TrialState.COMPLETE for t in _study_trials(url, study)) and running:
+                    procs[0].send_signal(signal.SIGKILL)
+                    killed = True
+        assert killed, "no trial was ever seen running"
+        for i, p in enumerate(procs[1:], start=1):
+            p.wait(timeout=900)
+            assert p.returncode == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+        procs[0].wait(timeout=30)
+        time.sleep(31)  # the killed trial's heartbeat goes stale after 3 x 10 s
+        again = subprocess.run(command(0), cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    trials = _study_trials(url, study)
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == target
+    report = json.loads((tmp_path / "worker0" / "report.json").read_text())
+    assert report["trials"]["finished"] == target and report["best"] is not None
+    winner_runs = [i for i in range(3) if (tmp_path / f"worker{i}" / "winner_eval").is_dir()]
+    assert len(winner_runs) == 1, f"the winner was evaluated by workers {winner_runs}"
+    # the one evaluated is the study's final winner, and the rerun reports its held-out result
+    evaluator = json.loads((tmp_path / f"worker{winner_runs[0]}" / "report.json").read_text())
+    assert evaluator["best"]["trial"] == report["best"]["trial"]
+    assert report["holdout"] is not None and report["holdout"]["questions"] == evaluator["holdout"]["questions"]

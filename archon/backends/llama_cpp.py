@@ -7,11 +7,12 @@ next request that shares it reuses it too. Requests are ordered by prefix upstre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from archon.backends.chat_format import GEMMA_STOPS, render_gemma
@@ -46,13 +47,14 @@ class LlamaCppBackend:
             raise BackendError(
                 "llama-cpp-python is not installed; run: "
                 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir llama-cpp-python') from exc
-        return Llama(
-            model_path=self.spec.path,
-            n_ctx=self.spec.n_ctx,
-            n_threads=self.spec.n_threads or max(1, os.cpu_count() or 1),
-            logits_all=logits_all,
-            verbose=False,
-        )
+        with _quiet_native_stderr():
+            return Llama(
+                model_path=self.spec.path,
+                n_ctx=self.spec.n_ctx,
+                n_threads=self.spec.n_threads or max(1, os.cpu_count() or 1),
+                logits_all=logits_all,
+                verbose=False,
+            )
 
     def _engine(self, logits_all: bool) -> Any:
         # Logprobs need logits for every position, which slows prefill ~3x; keep a
@@ -190,3 +192,29 @@ class LlamaCppBackend:
                 llm.close()
         self._plain = self._with_logits = None
 
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence what llama.cpp's C code prints while a model loads.
+
+    ``verbose=False`` stops llama-cpp-python's own messages, but the C library still writes
+    lines such as ``llama_kv_cache_iswa: using full-size SWA cache`` straight to file
+    descriptor 2, into every command's output. ``ARCHON_ENGINE_LOGS=1`` keeps them.
+    """
+    if os.environ.get("ARCHON_ENGINE_LOGS") == "1":
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)

@@ -102,7 +102,7 @@ class OpenAIBackend:
 
     # -- the private event loop ---------------------------------------------------------
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._start_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -110,8 +110,15 @@ class OpenAIBackend:
                 thread.start()
                 self._loop, self._thread = loop, thread
                 self._sem = asyncio.Semaphore(max(1, self.spec.max_concurrency))
-            loop = self._loop
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+            return self._loop
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result()
+
+    async def _arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Awaits ``coro`` on the private loop from another event loop; cancelling the
+        caller cancels the requests (the dataflow executor drops a disconnected query)."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()))
 
     def close(self) -> None:
         with self._start_lock:
@@ -286,6 +293,11 @@ class OpenAIBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         return self._run(self._gather([self._generate_one(r) for r in requests]))
 
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """The same from an event loop: the dataflow scheduler sends each program's requests as
+        they become ready, and ``max_concurrency`` bounds what is in flight."""
+        return await self._arun(self._gather([self._generate_one(r) for r in requests]))
+
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
         usage = Usage()
@@ -351,6 +363,9 @@ class OpenAIBackend:
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return self._run(self._gather([self._score_one(r) for r in requests]))
+
+    async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        return await self._arun(self._gather([self._score_one(r) for r in requests]))
 
     async def _score_one(self, request: ScoreRequest) -> ScoreResult:
         """Prompt-token logprobs via ``echo=True`` on /completions, one request per continuation.

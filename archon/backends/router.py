@@ -6,6 +6,7 @@ ask for generations (the DSPy habit) and the engine stays a pure scheduler.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,54 +89,58 @@ class ModelRouter:
 
     def generate(self, requests: Sequence[GenerationRequest],
                  tags: Sequence[CallTag] | None = None) -> list[GenerationResult]:
+        plan = self._plan_generate(requests, tags)
+
+        def run_model(model: str) -> list[tuple[int, int, GenerationResult]]:
+            batch = plan.batch(model)
+            results = self.backend(model).generate([sub for _, _, sub in batch])
+            return plan.answered(self, model, batch, results)
+
+        return plan.finish(self, self._fan_out(list(plan.pending), run_model))
+
+    async def agenerate(self, requests: Sequence[GenerationRequest],
+                        tags: Sequence[CallTag] | None = None) -> list[GenerationResult]:
+        """``generate`` for an event loop: cache and accounting as above, and backends with an
+        ``agenerate`` (HTTP servers) are awaited natively, so many small batches can be in
+        flight at once; others run in a worker thread."""
+        plan = self._plan_generate(requests, tags)
+
+        async def run_model(model: str) -> list[tuple[int, int, GenerationResult]]:
+            batch = plan.batch(model)
+            subs = [sub for _, _, sub in batch]
+            backend = self.backend(model)
+            agen = getattr(backend, "agenerate", None)
+            results = await (agen(subs) if agen is not None else asyncio.to_thread(backend.generate, subs))
+            return plan.answered(self, model, batch, results)
+
+        chunks = await asyncio.gather(*(run_model(m) for m in plan.pending))
+        return plan.finish(self, [item for chunk in chunks for item in chunk])
+
+    def _plan_generate(self, requests: Sequence[GenerationRequest],
+                       tags: Sequence[CallTag] | None) -> _GenerationPlan:
         tags = list(tags) if tags is not None else [CallTag()] * len(requests)
         if len(tags) != len(requests):
             raise ValueError("generate: one tag per request")
         for r in requests:
             self.registry.get(r.model)  # fail before any call on an unknown model
-        samples: list[dict[int, Sample]] = [{} for _ in requests]
-        hits = [0] * len(requests)
+        plan = _GenerationPlan(list(requests), tags)
         identities = {m: self.registry.get(m).identity(m) for m in {r.model for r in requests}}
-        keys: list[list[str]] = [
-            [sample_key(r, r.sample_offset + i, identities[r.model]) for i in range(r.n)] for r in requests
-        ]
+        plan.keys = [[sample_key(r, r.sample_offset + i, identities[r.model]) for i in range(r.n)] for r in requests]
+        plan.samples = [{} for _ in requests]
+        hits = [0] * len(requests)
         if self.cache is not None:
-            found = self.cache.get_many([k for ks in keys for k in ks])
-            for idx, ks in enumerate(keys):
+            found = self.cache.get_many([k for ks in plan.keys for k in ks])
+            for idx, ks in enumerate(plan.keys):
                 for j, k in enumerate(ks):
                     if k in found:
-                        samples[idx][j] = found[k]
+                        plan.samples[idx][j] = found[k]
                         hits[idx] += 1
         # What is still missing, as contiguous runs of sample indices.
-        pending: dict[str, list[tuple[int, int, GenerationRequest]]] = defaultdict(list)
         for idx, r in enumerate(requests):
-            for start, count in missing_runs(r.n, samples[idx]):
-                sub = r.with_samples(count, r.sample_offset + start)
-                pending[r.model].append((idx, start, sub))
-        usages = [Usage(cache_hits=h) for h in hits]
-        to_cache: list[tuple[str, Sample]] = []
-
-        def run_model(model: str) -> list[tuple[int, int, GenerationResult]]:
-            batch = sorted(pending[model], key=lambda item: item[2].prefix_text())
-            results = self.backend(model).generate([sub for _, _, sub in batch])
-            self.calls.append(BackendCall(model, "generate", len(batch), sum(s.n for _, _, s in batch)))
-            return [(idx, start, res) for (idx, start, _), res in zip(batch, results, strict=True)]
-
-        for idx, start, res in self._fan_out(list(pending), run_model):
-            spec = self.registry.get(requests[idx].model)
-            for j, sample in enumerate(res.samples):
-                samples[idx][start + j] = sample
-                to_cache.append((keys[idx][start + j], sample))
-            u = res.usage
-            u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
-            usages[idx] = usages[idx] + u
-        if self.cache is not None:
-            self.cache.put_many(to_cache)
-        out = []
-        for idx, r in enumerate(requests):
-            self.ledger.record(tags[idx], r.model, usages[idx])
-            out.append(GenerationResult([samples[idx][j] for j in range(r.n)], usages[idx]))
-        return out
+            for start, count in missing_runs(r.n, plan.samples[idx]):
+                plan.pending[r.model].append((idx, start, r.with_samples(count, r.sample_offset + start)))
+        plan.usages = [Usage(cache_hits=h) for h in hits]
+        return plan
 
     def score(self, requests: Sequence[ScoreRequest],
               tags: Sequence[CallTag] | None = None) -> list[ScoreResult]:
@@ -194,6 +199,11 @@ class ModelRouter:
             self.ledger.record(tags[idx], r.model, out[idx].usage)
         return out
 
+    async def ascore(self, requests: Sequence[ScoreRequest],
+                     tags: Sequence[CallTag] | None = None) -> list[ScoreResult]:
+        """``score`` for an event loop (the dataflow executor's streamed path), in a worker thread."""
+        return await asyncio.to_thread(self.score, requests, tags)
+
     @staticmethod
     def _fan_out(models: list[str], fn):  # type: ignore[no-untyped-def]
         """One backend request per model; different models run side by side."""
@@ -217,3 +227,44 @@ def missing_runs(n: int, have: dict[int, Sample]) -> list[tuple[int, int]]:
         runs.append((start, j - start))
     return runs
 
+
+
+@dataclass
+class _GenerationPlan:
+    """One ``generate`` call between its cache lookup and its bookkeeping, so the sync and
+    the async paths share everything but how the backend is called."""
+
+    requests: list[GenerationRequest]
+    tags: list[CallTag]
+    keys: list[list[str]] = field(default_factory=list)
+    samples: list[dict[int, Sample]] = field(default_factory=list)
+    usages: list[Usage] = field(default_factory=list)
+    pending: dict[str, list[tuple[int, int, GenerationRequest]]] = field(default_factory=lambda: defaultdict(list))
+
+    def batch(self, model: str) -> list[tuple[int, int, GenerationRequest]]:
+        """The model's missing samples, ordered so shared prefixes are adjacent."""
+        return sorted(self.pending[model], key=lambda item: item[2].prefix_text())
+
+    @staticmethod
+    def answered(router: ModelRouter, model: str, batch: list[tuple[int, int, GenerationRequest]],
+                 results: list[GenerationResult]) -> list[tuple[int, int, GenerationResult]]:
+        router.calls.append(BackendCall(model, "generate", len(batch), sum(s.n for _, _, s in batch)))
+        return [(idx, start, res) for (idx, start, _), res in zip(batch, results, strict=True)]
+
+    def finish(self, router: ModelRouter, answers: list[tuple[int, int, GenerationResult]]) -> list[GenerationResult]:
+        to_cache: list[tuple[str, Sample]] = []
+        for idx, start, res in answers:
+            spec = router.registry.get(self.requests[idx].model)
+            for j, sample in enumerate(res.samples):
+                self.samples[idx][start + j] = sample
+                to_cache.append((self.keys[idx][start + j], sample))
+            u = res.usage
+            u.flops = flops_for(spec.parameters, u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens)
+            self.usages[idx] = self.usages[idx] + u
+        if router.cache is not None:
+            router.cache.put_many(to_cache)
+        out = []
+        for idx, r in enumerate(self.requests):
+            router.ledger.record(self.tags[idx], r.model, self.usages[idx])
+            out.append(GenerationResult([self.samples[idx][j] for j in range(r.n)], self.usages[idx]))
+        return out

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archon.commands.console import fail
-from archon.errors import ArchonError
+from archon.errors import ArchonError, ConfigError
 
 err = Console(stderr=True)
 out = Console()
@@ -53,7 +53,48 @@ def summary_table(s: Any) -> Table:
     table.add_row("wall time", f"{s.wall_time_s:.1f}s")
     table.add_row("grader", f"{s.grader.get('name')} {s.grader.get('version')}")
     table.add_row("config hash", str(s.pipeline.get("config_hash")))
+    if s.shards:
+        missing = s.shards["missing"]
+        table.add_row("shards", f"{s.shards['n']}: " + (f"not started yet: {', '.join(map(str, missing))}"
+                                                        if missing else "all started"))
     return table
+
+
+def set_scheduler(pipe: Any, scheduler: str | None) -> None:
+    """``--scheduler`` overrides the config's ``scheduler:``."""
+    if scheduler is None:
+        return
+    if scheduler not in ("dataflow", "levels"):
+        raise ConfigError(f"--scheduler {scheduler!r}: unknown scheduler", hint="use dataflow or levels")
+    pipe.scheduler = scheduler
+
+
+class RunningStats:
+    """What the progress bar shows besides the count: running accuracy (or judge score) and
+    tokens, from the rows written this session."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.scored = 0
+        self.score = 0.0
+        self.tokens = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        if row.get("score") is not None:
+            self.scored += 1
+            self.score += float(row["score"])
+        self.tokens += float((row.get("usage") or {}).get("total_tokens", 0))
+
+    def text(self) -> str:
+        if not self.rows:
+            return ""
+        parts = []
+        if self.scored:
+            mean = self.score / self.scored
+            parts.append(f"acc {100 * mean:.1f}%" if mean <= 1.0 else f"score {mean:.2f}")
+        parts.append(f"{self.tokens / 1000:,.1f}k tok")
+        return " ".join(parts)
 
 
 def eval_command(
@@ -64,42 +105,56 @@ def eval_command(
                                           "rerunning resumes")],
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="benchmark files NAME/split.jsonl "
                                                   "(default: ../shared/data, else the Hugging Face hub)")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="evaluate this many questions")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="evaluate this many questions")] = None,
     split: Annotated[str | None, typer.Option("--split", help="benchmark split (default: test)")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="with --limit: draw the questions at random "
                                              "with this seed (default: the first N)")] = None,
     model: Annotated[str | None, typer.Option("--model", help="send every node's calls to this model")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="questions run level-batched together")] = 8,
+    window: Annotated[int | None, typer.Option("--window", "-w", help="questions in flight at once "
+                                               "(default: chosen by the backend; with scheduler levels: "
+                                               "the chunk size, 8)")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", hidden=True,
+                                                   help="old name of --window")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="dataflow or levels "
+                                                  "(default: the config's, else dataflow)")] = None,
     judge_model: Annotated[str | None, typer.Option("--judge-model", help="judge for mt_bench "
                                                     "(any archon model name; default: embedded)")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="override a config value, e.g. "
                                                    "defaults.max_tokens=8 or nodes.sample.samples=4")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the call cache")] = False,
     cache: Annotated[Path | None, typer.Option("--cache", help="call cache file (default: ~/.cache/archon)")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="K/N: answer only shard K of N (by question id) "
+                                              "into the same --out; run all N, anywhere, to complete the run")
+                     ] = None,
 ) -> None:
     """Evaluate a pipeline on a benchmark: accuracy with a 95% CI, coverage, tokens, calls, FLOPs."""
-    from archon.benchmarks.evaluate import evaluate
+    from archon.benchmarks.evaluate import Shard, evaluate
     from archon.benchmarks.registry import get_benchmark
 
     try:
+        part = Shard.parse(shard) if shard else None
         bench = get_benchmark(benchmark, data_dir, judge_model=judge_model)
         pipe = load_pipeline(config, model=model, no_cache=no_cache, cache=cache, sets=list(sets or []))
+        set_scheduler(pipe, scheduler)
         meta = {"overrides": list(sets or []), "model_override": model}
         with pipe, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:
-            task = progress.add_task(f"{escape(pipe.name)} on {escape(bench.label)}", total=None)
-
+                            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+                            TimeRemainingColumn(), console=err) as progress:
+            task = progress.add_task(f"{escape(pipe.name)} on {escape(bench.label)}", total=None, stats="")
             first = [True]
+            seen = RunningStats()
 
             def on_progress(done: int, total: int) -> None:
                 if first[0] and done:
                     err.print(f"resuming: {done} of {total} already in {out_dir / 'results.jsonl'}")
                 first[0] = False
-                progress.update(task, completed=done, total=total)
+                progress.update(task, completed=done, total=total, stats=seen.text())
 
-            summary = evaluate(pipe, bench, out_dir, limit=limit, split=split, seed=seed, batch_size=batch_size,
-                               progress=on_progress, pipeline_meta=meta)
+            summary = evaluate(pipe, bench, out_dir, limit=limit, split=split, seed=seed,
+                               window=window or batch_size, progress=on_progress, pipeline_meta=meta,
+                               on_row=seen.add, shard=part)
     except ArchonError as exc:
         raise _fail(exc) from None
     out.print(summary_table(summary))
-    err.print(f"[dim]wrote {out_dir}/results.jsonl and {out_dir}/summary.json[/]")
+    written = f"results.shard-{shard.replace('/', '-of-')}.jsonl" if shard else "results.jsonl"
+    err.print(f"[dim]wrote {out_dir}/{written} and {out_dir}/summary.json[/]")

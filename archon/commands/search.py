@@ -167,11 +167,21 @@ def _search(*, space: Path, benchmark: str, trials: int, budget_tokens: float | 
         if interrupted:
             err.print("[yellow]interrupted:[/] finished trials are saved; rerun the same command to resume")
         elif best is not None and held and winner_eval:
-            err.print(f"evaluating the winner (trial {best.number}) on {len(held)} held-out questions ...")
-            meta = {"search": {"study": study_name, "storage": storage_url, "trial": best.number,
-                               "dev_accuracy": best.user_attrs["accuracy"], "dev_questions": len(dev)}}
-            holdout_result = evaluate_winner(best.user_attrs["config"], f"{search_space.name}-best", router, data,
-                                             held, out_path / "winner_eval", meta)
+            claim = search.claim_winner_eval(best.number)
+            if claim == "mine":
+                err.print(f"evaluating the winner (trial {best.number}) on {len(held)} held-out questions ...")
+                meta = {"search": {"study": study_name, "storage": storage_url, "trial": best.number,
+                                   "dev_accuracy": best.user_attrs["accuracy"], "dev_questions": len(dev)}}
+                holdout_result = evaluate_winner(best.user_attrs["config"], f"{search_space.name}-best", router,
+                                                 data, held, out_path / "winner_eval", meta)
+                search.store_winner_eval(best.number, holdout_result)
+            elif claim == "running":  # several workers on one study: the last one to finish evaluates
+                err.print("other workers are still running trials of this study: the last one to finish "
+                          "evaluates the winner on the held-out set")
+            else:  # the winner is evaluated once, by whoever claimed it
+                holdout_result = search.stored_winner_eval(best.number)
+                err.print(f"the winner (trial {best.number}) is evaluated on the held-out set by another worker"
+                          + ("" if holdout_result is None else "; its result is in the report"))
         report = write_outputs(search, out_path, holdout=holdout_result, plots=plots)
     finally:
         router.close()

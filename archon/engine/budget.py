@@ -37,6 +37,7 @@ def estimate_prompt_tokens(request: Request) -> int:
 class Decision:
     request: Request | None
     note: str | None = None
+    reserved: tuple[int, int, float] = (0, 0, 0.0)  # tokens, calls, flops held until the answer
 
 
 @dataclass
@@ -70,8 +71,7 @@ class BudgetTracker:
             cost = prompt * (len(request.continuations) if isinstance(request, ScoreRequest) else 1)
             if cost > tokens_room or cost * flops_per_token > flops_room:
                 return Decision(None, f"skipped scoring on {request.model}: budget spent")
-            self._reserve(cost, cost * flops_per_token)
-            return Decision(request)
+            return Decision(request, reserved=self._reserve(cost, cost * flops_per_token))
         per_sample = request.max_tokens
         afford = request.n
         if tokens_room != float("inf"):
@@ -86,13 +86,22 @@ class BudgetTracker:
             note = f"cut n from {request.n} to {afford} on {request.model} to stay within budget"
             request = replace(request, n=afford)
         cost = prompt + afford * per_sample
-        self._reserve(cost, cost * flops_per_token)
-        return Decision(request, note)
+        return Decision(request, note, self._reserve(cost, cost * flops_per_token))
 
-    def _reserve(self, tokens: int, flops: float) -> None:
+    def _reserve(self, tokens: int, flops: float) -> tuple[int, int, float]:
         self.reserved_tokens += tokens
         self.reserved_calls += 1
         self.reserved_flops += flops
+        return tokens, 1, flops
+
+    def release(self, decision: Decision, spent: Usage) -> None:
+        """One answered request: its estimate gives way to real usage, while the estimates of
+        the query's other requests still in flight stay held (the dataflow executor)."""
+        tokens, calls, flops = decision.reserved
+        self.reserved_tokens -= tokens
+        self.reserved_calls -= calls
+        self.reserved_flops -= flops
+        self.spent = spent
 
     def settle(self, spent: Usage) -> None:
         """Real usage replaces the round's estimates."""

@@ -80,19 +80,43 @@ class PipelineGraph:
         return list(self.inputs.get(node, []))
 
     def to_mermaid(self) -> str:
+        # Node ids become n0, n1, ...: a config id may be a mermaid keyword (`end`) or hold
+        # characters mermaid reads as syntax; the real id is in the quoted label.
+        key = {node: f"n{i}" for i, node in enumerate(self.nodes)}
         lines = ["flowchart TD"]
         for node, tech in self.nodes.items():
-            lines.append(f'    {node}["{node}<br/>{tech.name}"]')
+            label = "<br/>".join([node, tech.name, *_details(tech)]).replace('"', "#quot;")
+            lines.append(f'    {key[node]}["{label}"]')
         for node, parents in self.inputs.items():
-            lines.extend(f"    {p} --> {node}" for p in parents)
+            lines.extend(f"    {key[p]} --> {key[node]}" for p in parents)
         return "\n".join(lines)
 
     def to_dot(self) -> str:
         lines = ["digraph pipeline {", "  rankdir=TB;"]
         for node, tech in self.nodes.items():
             shape = "doublecircle" if node == self.output else "box"
-            lines.append(f'  "{node}" [label="{node}\\n{tech.name}", shape={shape}];')
+            label = "\\n".join([node, tech.name, *_details(tech)]).replace('"', '\\"')
+            lines.append(f'  "{node}" [label="{label}", shape={shape}];')
         for node, parents in self.inputs.items():
             lines.extend(f'  "{p}" -> "{node}";' for p in parents)
         lines.append("}")
         return "\n".join(lines)
+
+
+# What tells two nodes of one technique apart in a drawing (an ensemble's generators, say).
+_DRAWN = ("model", "models", "samples", "fusers", "top_k", "particles", "beam_width", "scorer")
+
+
+def _details(tech: Technique) -> list[str]:
+    described = tech.describe()
+    out = []
+    for key in _DRAWN:
+        value = described.get(key)
+        if value in (None, "", [], {}):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} x{v}" if isinstance(v, int) else str(k) for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        out.append(f"{key}: {value}")
+    return out
