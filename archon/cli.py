@@ -308,11 +308,13 @@ from archon.commands.evaluate import eval_command  # noqa: E402
 from archon.commands.import_archon import import_archon_command  # noqa: E402
 from archon.commands.leaderboard import leaderboard_command  # noqa: E402
 from archon.commands.search import search_command  # noqa: E402
+from archon.commands.serve import serve_command  # noqa: E402
 
 app.command("eval")(eval_command)
 app.command("leaderboard")(leaderboard_command)
 app.command("search")(search_command)
 app.command("import-archon")(import_archon_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,6 +122,21 @@ class Pipeline:
         if self._router is None:
             self._router = make_router(self.registry, cache=self._cache)
         return self._router
+
+    def with_defaults(self, **changes: Any) -> Pipeline:
+        """The same graph, budget and router with some defaults changed (a server's per-request
+        ``max_tokens``/``temperature``/``seed``); nodes that set their own values keep them."""
+        variant = Pipeline(self.graph, defaults=replace(self.defaults, **changes), budget=self.budget,
+                           name=self.name, router=self.router, config=self.config)
+        variant.registry = self.registry
+        return variant
+
+    def serve(self, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+              max_queue: int = 256, timeout_s: float | None = None) -> None:
+        """Serve this pipeline behind an OpenAI-compatible API (blocks; see docs/serve.md)."""
+        from archon.server import serve
+
+        serve({self.name: self}, host=host, port=port, api_key=api_key, max_queue=max_queue, timeout_s=timeout_s)
 
     def models(self) -> list[str]:
         return sorted({m for t in self.graph.nodes.values() for m in t.models(self.defaults)})

@@ -123,3 +123,75 @@ class LlamaServer:
         self.stop()
         with contextlib.suppress(OSError):
             self._log.unlink()
+
+
+class ArchonServe:
+    """``archon serve CONFIG...`` in a subprocess on loopback, stopped by its PID."""
+
+    def __init__(self, configs: list[str], *args: str, env: dict[str, str] | None = None,
+                 ready_timeout_s: float = 120.0) -> None:
+        self.port = free_port()
+        self.configs = configs
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = Path(tempfile.mkstemp(prefix="archon-serve-", suffix=".log")[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ArchonServe:
+        command = [sys.executable, "-m", "archon", "serve", *self.configs, "--host", "127.0.0.1",
+                   "--port", str(self.port), *self.args]
+        with self._log.open("wb") as log:
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env=self.env, start_new_session=True)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"archon serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.root_url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"archon serve not ready after {self.ready_timeout_s:g}s:\n{self.log_tail()}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self._log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> ArchonServe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            self._log.unlink()

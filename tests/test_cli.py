@@ -111,6 +111,18 @@ def test_unreachable_server_error_is_clear(tmp_path):
     assert "sk-secret" not in res.stderr + res.stdout
 
 
+def test_serve_refuses_bad_configs_and_a_missing_key_clearly(tmp_path):
+    missing = archon("serve", str(tmp_path / "nope.yaml"), "--port", "9")
+    assert missing.returncode == 2 and "config not found" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "a.yaml").write_text("name: same\nnodes:\n  - id: s\n    technique: generate\n")
+    (tmp_path / "b.yaml").write_text("name: same\nnodes:\n  - id: s\n    technique: generate\n")
+    dup = archon("serve", str(tmp_path), "--port", "9")
+    assert dup.returncode == 2 and "both named 'same'" in dup.stderr
+    env = {k: v for k, v in os.environ.items() if k != "ARCHON_NO_SUCH_KEY"}
+    nokey = archon("serve", str(tmp_path / "a.yaml"), "--api-key-env", "ARCHON_NO_SUCH_KEY", env=env)
+    assert nokey.returncode == 2 and "ARCHON_NO_SUCH_KEY" in nokey.stderr
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize("command", ["validate", "show", "run"])
 def test_rich_markup_in_a_config_is_printed_verbatim(tmp_path, command):
