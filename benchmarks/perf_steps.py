@@ -28,18 +28,26 @@ from archon.backends.registry import ModelRegistry
 from archon.backends.router import ModelRouter, default_backend_factory
 from archon.backends.types import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 from archon.pipeline import Pipeline
+from archon.scoring import ScoreContext, Scorer
 from archon.techniques.beam import BeamSearch
 from archon.techniques.particles import ParticleSteering
 from archon.techniques.speculative import SpecReason
 
 RESULTS = Path(__file__).parent / "results"
-REWARD = "archon.benchmarks.perf_steps:length_reward"
-
-
-def length_reward(tech: Any, ctx: Any, question: str, partials: list[str], samples: list[Any]) -> Any:
+class LengthScorer(Scorer):
     """A step reward without model calls (prefers longer partials, bounded to [0, 1])."""
-    return [min(1.0, len(p) / 400) for p in partials]
-    yield []  # pragma: no cover - a generator, like every step reward
+
+    type: str = "length"
+
+    def models(self, default: str) -> list[str]:
+        return []
+
+    def score_outcomes(self, question: str, candidates: list[str], ctx: ScoreContext) -> Any:
+        return [min(1.0, len(p) / 400) for p in candidates]
+        yield []  # pragma: no cover - a generator, like every scorer
+
+
+REWARD = {"type": "archon.benchmarks.perf_steps:LengthScorer", "aggregation": "last"}
 
 
 @dataclass
@@ -106,9 +114,10 @@ def batching(inner: Backend, args: argparse.Namespace) -> dict:
     k = args.particles
     makers = {
         "particle_steering": lambda: ParticleSteering(particles=k, max_steps=args.steps, max_tokens=args.max_tokens,
-                                                      reward=REWARD, resample="always", temperature=0.8),
+                                                      scorer=REWARD, method="fk", resample="always",
+                                                      temperature=0.8),
         "beam_search": lambda: BeamSearch(beam_width=max(1, k // 2), expand=2, max_steps=args.steps,
-                                          max_tokens=args.max_tokens, reward=REWARD, temperature=0.8),
+                                          max_tokens=args.max_tokens, scorer=REWARD, temperature=0.8),
     }
     out = {}
     for name, make in makers.items():
