@@ -35,7 +35,7 @@ $(VENV)/.archon-test-setup: $(VENV)/.archon-setup
 	touch $@
 
 test: test-setup
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=30
 
 lint:
 	$(VENV)/bin/ruff check archon verifiers search benchmarks tests
