@@ -5,8 +5,8 @@ loopback), against the same 32 questions as 32 sequential ``Pipeline.run`` calls
 process; same pipeline (sample 4 -> critique -> rank -> fuse), same embedded model, no
 call cache, a warm-up call on each side first so that model loading is not timed.
 Reports wall time for each and their ratio, backend requests in all and per level
-(the server's count comes from its ``/debug/metrics`` router log), and the batch sizes
-the server formed.
+(the server's count comes from its ``/debug/metrics`` router log), and the prompts each
+backend call carried on average (several clients' prompts share a call).
 
     python -m archon.benchmarks.perf_serve [--clients 32] [--max-tokens 8]
 
@@ -113,7 +113,9 @@ def served(config: Path, qs: list[str]) -> dict:
         "wall_s": round(wall, 2),
         "backend_requests": requests,
         "backend_requests_per_level": round(requests / LEVELS, 2),
-        "batches": after["batches"]["sizes"][len(before["batches"]["sizes"]):],
+        "prompts_per_backend_call": round(
+            (sum(m["prompts"] for m in after["backend"]["by_model"].values())
+             - sum(m["prompts"] for m in before["backend"]["by_model"].values())) / max(1, requests), 2),
         "completion_tokens": sum(a["usage"]["completion_tokens"] for a in answers),
         "answered": sum(1 for a in answers if a["choices"]),
     }
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{seq['backend_requests_per_level']} | {seq['completion_tokens']} |",
         "", f"Wall-time ratio (sequential / served): **{report['wall_time_ratio_sequential_over_served']}x**; "
         f"backend requests: **{report['backend_request_ratio_sequential_over_served']}x** fewer. "
-        f"Server batch sizes: {server['batches']}.", ""])
+        f"Prompts per backend call through the server: {server['prompts_per_backend_call']}.", ""])
     (RESULTS / "serve.md").write_text(md)
     print(md)
     return report
