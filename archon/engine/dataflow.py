@@ -45,10 +45,17 @@ from typing import Any, TypeVar
 
 from archon.backends.accounting import CallTag
 from archon.backends.router import ModelRouter
-from archon.backends.types import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult, Usage
-from archon.data import CallRecord, NodeTrace, Query, QueryResult
+from archon.backends.types import (
+    GenerationRequest,
+    GenerationResult,
+    RewardRequest,
+    RewardResult,
+    ScoreResult,
+    Usage,
+)
+from archon.data import NodeTrace, Query, QueryResult
 from archon.engine.budget import Budget, BudgetTracker, Decision
-from archon.engine.executor import _is_backend_failure, _QueryState, _rng_for, _skipped, _starved
+from archon.engine.executor import _is_backend_failure, _QueryState, _rng_for, _skipped, _starved, call_record
 from archon.engine.graph import PipelineGraph
 from archon.techniques.base import Defaults, ModelRequest, ModelResult, NodeContext, Program
 
@@ -421,23 +428,15 @@ class DataflowExecutor:
     def _record(self, rnd: _Round) -> None:
         prog = rnd.program
         state = prog.run.state
-        for kind in (GenerationRequest, ScoreRequest):
-            for req, res in zip(rnd.requests, rnd.answers, strict=True):
-                if req is None or not isinstance(req, kind) or res is None:
-                    continue
-                per_node = state.usage_by_node
-                per_node[prog.node] = per_node.get(prog.node, Usage()) + res.usage
-                prog.trace.usage = per_node[prog.node].to_dict()
-                if isinstance(req, GenerationRequest):
-                    assert isinstance(res, GenerationResult)
-                    prog.trace.calls.append(CallRecord(model=req.model, prompt=req.prefix_text(), n=req.n,
-                                                       outputs=res.texts, usage=res.usage.to_dict()))
-                else:
-                    assert isinstance(res, ScoreResult)
-                    prog.trace.calls.append(CallRecord(model=req.model, prompt=req.prefix_text(),
-                                                       n=len(req.continuations),
-                                                       outputs=[f"{lp:.4f}" for lp in res.logprobs],
-                                                       usage=res.usage.to_dict()))
+        answered = [(req, res) for req, res in zip(rnd.requests, rnd.answers, strict=True)
+                    if req is not None and res is not None]
+        # the level executor's order: generations, then scores, then rewards
+        answered.sort(key=lambda pair: _kind_order(pair[0]))
+        for req, res in answered:
+            per_node = state.usage_by_node
+            per_node[prog.node] = per_node.get(prog.node, Usage()) + res.usage
+            prog.trace.usage = per_node[prog.node].to_dict()
+            prog.trace.calls.append(call_record(req, res))
         spent = state.usage()
         for decision in rnd.decisions:
             if decision is not None:
@@ -499,24 +498,22 @@ class DataflowExecutor:
             await self._tick(items)
 
     async def _tick(self, items: list[tuple[_Round, int, ModelRequest]]) -> None:
-        gens = [it for it in items if isinstance(it[2], GenerationRequest)]
-        scores = [it for it in items if isinstance(it[2], ScoreRequest)]
+        gens, scores, rewards = _by_kind(items)
 
-        def tags(batch: list[tuple[_Round, int, ModelRequest]]) -> list[CallTag]:
-            return [CallTag(r.program.node, r.program.run.query.id) for r, _, _ in batch]
-
-        def work() -> tuple[list[GenerationResult], list[ScoreResult]]:
-            g = self.router.generate([req for _, _, req in gens], tags(gens)) if gens else []  # type: ignore[misc]
-            s = self.router.score([req for _, _, req in scores], tags(scores)) if scores else []  # type: ignore[misc]
-            return g, s
+        def work() -> tuple[list[GenerationResult], list[ScoreResult], list[RewardResult]]:
+            g = self.router.generate([req for _, _, req in gens], _tags(gens)) if gens else []  # type: ignore[misc]
+            s = self.router.score([req for _, _, req in scores], _tags(scores)) if scores else []  # type: ignore[misc]
+            w = self.router.reward([req for _, _, req in rewards], _tags(rewards)) if rewards else []  # type: ignore[misc]
+            return g, s, w
 
         try:
-            g, s = await run_in_daemon_thread(work)
+            g, s, w = await run_in_daemon_thread(work)
         except Exception as exc:
             for run in {id(it[0].program.run): it[0].program.run for it in items}.values():
                 self._fail(run, exc)
             return
-        self._deliver(list(zip(gens, g, strict=True)) + list(zip(scores, s, strict=True)))
+        self._deliver(list(zip(gens, g, strict=True)) + list(zip(scores, s, strict=True))
+                      + list(zip(rewards, w, strict=True)))
 
     def _send(self, items: list[tuple[_Round, int, ModelRequest]]) -> None:
         """Stream mode: one program round's requests for one model, sent now."""
@@ -527,20 +524,19 @@ class DataflowExecutor:
         task.add_done_callback(run.sends.discard)
 
     async def _stream(self, items: list[tuple[_Round, int, ModelRequest]]) -> None:
-        gens = [it for it in items if isinstance(it[2], GenerationRequest)]
-        scores = [it for it in items if isinstance(it[2], ScoreRequest)]
-        tags = [CallTag(r.program.node, r.program.run.query.id) for r, _, _ in items]
+        gens, scores, rewards = _by_kind(items)
         try:
-            g = await self.router.agenerate([req for _, _, req in gens],  # type: ignore[misc]
-                                            tags[:len(gens)]) if gens else []
-            s = await self.router.ascore([req for _, _, req in scores],  # type: ignore[misc]
-                                         tags[len(gens):]) if scores else []
+            g = await self.router.agenerate([req for _, _, req in gens], _tags(gens)) if gens else []  # type: ignore[misc]
+            s = await self.router.ascore([req for _, _, req in scores], _tags(scores)) if scores else []  # type: ignore[misc]
+            w = (await run_in_daemon_thread(self.router.reward, [req for _, _, req in rewards], _tags(rewards))
+                 if rewards else [])
         except asyncio.CancelledError:
             return
         except Exception as exc:
             self._fail(items[0][0].program.run, exc)
             return
-        self._deliver(list(zip(gens, g, strict=True)) + list(zip(scores, s, strict=True)))
+        self._deliver(list(zip(gens, g, strict=True)) + list(zip(scores, s, strict=True))
+                      + list(zip(rewards, w, strict=True)))
 
     def _deliver(self, answered: Sequence[tuple[tuple[_Round, int, ModelRequest], ModelResult]]) -> None:
         complete: dict[int, _Round] = {}
@@ -553,6 +549,22 @@ class DataflowExecutor:
                 complete[id(rnd)] = rnd
         if complete:
             self._answered(list(complete.values()))
+
+
+def _by_kind(items: list[tuple[_Round, int, ModelRequest]]) -> tuple[list[Any], list[Any], list[Any]]:
+    """Generation, score and reward requests apart: each kind has its own router call."""
+    gens = [it for it in items if isinstance(it[2], GenerationRequest)]
+    rewards = [it for it in items if isinstance(it[2], RewardRequest)]
+    scores = [it for it in items if not isinstance(it[2], GenerationRequest | RewardRequest)]
+    return gens, scores, rewards
+
+
+def _kind_order(request: ModelRequest) -> int:
+    return 0 if isinstance(request, GenerationRequest) else 2 if isinstance(request, RewardRequest) else 1
+
+
+def _tags(batch: list[tuple[_Round, int, ModelRequest]]) -> list[CallTag]:
+    return [CallTag(r.program.node, r.program.run.query.id) for r, _, _ in batch]
 
 
 async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:

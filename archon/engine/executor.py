@@ -154,26 +154,20 @@ class Executor:
                 for (task, i, req), res in zip(gen, self.router.generate([r for _, _, r in gen], tags), strict=True):
                     answers[id(task)][i] = res
                     self._account(task, states, res.usage)
-                    task.trace.calls.append(CallRecord(model=req.model, prompt=req.prefix_text(), n=req.n,
-                                                       outputs=res.texts, usage=res.usage.to_dict()))
+                    task.trace.calls.append(call_record(req, res))
             if score:
                 tags = [CallTag(t.node, t.query.id) for t, _, _ in score]
                 for (task, i, req), res in zip(score, self.router.score([r for _, _, r in score], tags), strict=True):
                     answers[id(task)][i] = res
                     self._account(task, states, res.usage)
-                    task.trace.calls.append(CallRecord(model=req.model, prompt=req.prefix_text(),
-                                                       n=len(req.continuations),
-                                                       outputs=[f"{lp:.4f}" for lp in res.logprobs],
-                                                       usage=res.usage.to_dict()))
+                    task.trace.calls.append(call_record(req, res))
             if reward:
                 tags = [CallTag(t.node, t.query.id) for t, _, _ in reward]
                 for (task, i, req), res in zip(reward, self.router.reward([r for _, _, r in reward], tags),
                                                strict=True):
                     answers[id(task)][i] = res
                     self._account(task, states, res.usage)
-                    task.trace.calls.append(CallRecord(model=req.model, prompt=req.prefix_text(), n=1,
-                                                       outputs=[" ".join(f"{v:.4f}" for v in row) for row in res.rows],
-                                                       usage=res.usage.to_dict()))
+                    task.trace.calls.append(call_record(req, res))
             for qid, tracker in trackers.items():
                 tracker.settle(states[qid].usage())
             for task in live:
@@ -201,6 +195,22 @@ class Executor:
             trace=state.traces,
             error=state.error or _starved(best is None, state.budget_skips),
         )
+
+
+def call_record(request: ModelRequest, result: ModelResult) -> CallRecord:
+    """What a trace keeps of one answered request, whatever its kind."""
+    if isinstance(request, GenerationRequest):
+        assert isinstance(result, GenerationResult)
+        return CallRecord(model=request.model, prompt=request.prefix_text(), n=request.n, outputs=result.texts,
+                          usage=result.usage.to_dict())
+    if isinstance(request, RewardRequest):
+        assert isinstance(result, RewardResult)
+        return CallRecord(model=request.model, prompt=request.prefix_text(), n=1,
+                          outputs=[" ".join(f"{v:.4f}" for v in row) for row in result.rows],
+                          usage=result.usage.to_dict())
+    assert isinstance(result, ScoreResult)
+    return CallRecord(model=request.model, prompt=request.prefix_text(), n=len(request.continuations),
+                      outputs=[f"{lp:.4f}" for lp in result.logprobs], usage=result.usage.to_dict())
 
 
 def _skipped(request: ModelRequest) -> ModelResult:
