@@ -497,7 +497,7 @@ def test_three_workers_on_one_postgres_study_finish_exactly_the_target(tmp_path,
 
     def command(i: int) -> list[str]:
         return [sys.executable, "-m", "archon", "search", str(SPACES / "tiny_space.yaml"), "--benchmark", "arith",
-                "--limit", "6", "--trials", str(target), "--budget-tokens", "400", "--storage", url,
+                "--limit", "24", "--trials", str(target), "--budget-tokens", "400", "--storage", url,
                 "--study", study, "--out", str(tmp_path / f"worker{i}"), "--cache", str(tmp_path / f"calls{i}.sqlite"),
                 "--sampler", "random", "--no-plots"]
 
@@ -506,11 +506,12 @@ def test_three_workers_on_one_postgres_study_finish_exactly_the_target(tmp_path,
     try:
         deadline = time.monotonic() + 600
         killed = False
-        while time.monotonic() < deadline and not killed:  # kill worker 0 while it runs a trial
-            time.sleep(1)
+        # kill worker 0 while it runs a trial (18 dev questions keep a trial busy for a while)
+        while time.monotonic() < deadline and not killed and procs[0].poll() is None:
+            time.sleep(0.2)
             with contextlib.suppress(Exception):
-                running = [t for t in _study_trials(url, study) if t.state == TrialState.RUNNING]
-                if any(t.state == TrialState.COMPLETE for t in _study_trials(url, study)) and running:
+                if any(t.state == TrialState.RUNNING for t in _study_trials(url, study)):
+                    time.sleep(1.0)  # well inside the trial, not at its admission
                     procs[0].send_signal(signal.SIGKILL)
                     killed = True
         assert killed, "no trial was ever seen running"
