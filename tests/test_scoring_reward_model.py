@@ -136,6 +136,8 @@ def test_vllm_prm_guides_step_searches(make, prm_router):
 class VllmServer(LlamaServer):
     """``python -m vllm.entrypoints.openai.api_server`` for a pooling model (stops on SIGINT)."""
 
+    what = "vLLM server"
+
     def __init__(self, model_dir: str, name: str = "prm", step_tag_id: int | None = None) -> None:
         super().__init__(alias=name, port=free_port(), model_path=model_dir, ready_timeout_s=420.0)
         self.step_tag_id = step_tag_id
