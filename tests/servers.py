@@ -104,6 +104,18 @@ class LoopbackProcess:
         self.proc.wait(timeout=10)
         self.proc = None
 
+    @contextlib.contextmanager
+    def paused(self):  # type: ignore[no-untyped-def]
+        """SIGSTOP for the block, SIGCONT after: requests queue at the socket, none is answered.
+
+        Deterministic "the backend is busy" for tests that must observe work in flight.
+        """
+        self._signal(signal.SIGSTOP)
+        try:
+            yield self
+        finally:
+            self._signal(signal.SIGCONT)
+
     def log_tail(self, chars: int = 4000) -> str:
         try:
             return self._log.read_text(errors="replace")[-chars:]

@@ -259,19 +259,25 @@ def test_pipeline_error_is_500_naming_the_node(served):
     assert err["node"] == "fuse" and "ZeroDivisionError" in err["message"]
 
 
-def test_full_queue_is_429_with_retry_after(served):
-    big = {"model": "single", "prompt": "Once upon a time", "n": 16, "max_tokens": 3}
+def test_full_queue_is_429_with_retry_after(served, llama):
+    # The backend is paused (SIGSTOP), so the first request's 16 runs stay admitted until resumed:
+    # no race between the first request finishing and the second arriving.
+    big = {"model": "remote", "prompt": "Once upon a time in a queue", "n": 16, "max_tokens": 3}
+    llama.start()
     first: dict = {}
-    thread = threading.Thread(target=lambda: first.setdefault("r", post(served, "/completions", big)))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while metrics(served)["in_flight"] < 16 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    r = post(served, "/completions", {**big, "n": 8})
+    with llama.paused():
+        thread = threading.Thread(target=lambda: first.setdefault("r", post(served, "/completions", big)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while metrics(served)["in_flight"] < 16 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metrics(served)["in_flight"] == 16
+        r = post(served, "/completions", {**big, "n": 8})
     thread.join(300)
     assert r.status_code == 429, r.text
     assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["code"] == "queue_full"
-    assert first["r"].status_code == 200 and len(first["r"].json()["choices"]) == 16
+    assert first["r"].status_code == 200, first["r"].text
+    assert len(first["r"].json()["choices"]) == 16
     too_many = post(served, "/completions", {**big, "prompt": ["a", "b"], "n": 16})
     assert too_many.status_code == 400  # can never fit: not a 429
 
